@@ -1,0 +1,162 @@
+"""`resnet-repro`: one command with a subcommand per pipeline step.
+
+Every user error (bad option, unknown model, missing or corrupt file, full disk) is one line on stderr and a
+non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import sys
+from pathlib import Path
+
+import yaml
+
+from . import __version__
+from .errors import ConfigError, ReproError
+
+
+def _parse_overrides(pairs: list[str]) -> dict:
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import MODELS, build_model, count_parameters
+
+    for name, info in sorted(MODELS.items(), key=lambda item: (item[1].family, item[0])):
+        if args.family and info.family != args.family:
+            continue
+        line = f"{name:18} {info.family:9} {info.description}"
+        if args.params:
+            size = 224 if info.family == "imagenet" else 32
+            classes = 1000 if info.family == "imagenet" else 10
+            line += f"  [{count_parameters(build_model(name, classes, 3, size)):,} params, {classes} classes]"
+        print(line)
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from .data import ARCHIVES, fetch
+
+    if args.dataset not in ARCHIVES:
+        raise ConfigError(f"fetch knows {', '.join(ARCHIVES)}; digits needs no download")
+    spec = ARCHIVES[args.dataset]
+    out = Path(args.out) if args.out else Path("data/raw") / spec.filename
+    path = fetch(args.source or spec.url, out, args.md5 or spec.md5, retries=args.retries, quiet=args.quiet)
+    print(path)
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .data import prepare
+
+    print(prepare(args.dataset, Path(args.out), Path(args.raw) if args.raw else None))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .settings import resolve_settings
+    from .train import RunSpec, train
+
+    settings = resolve_settings(args.schedule, _parse_overrides(args.set))
+    spec = RunSpec(args.model, args.seed, settings, Path(args.data), Path(args.out), args.device)
+    _validate_model(args.model)
+    print(train(spec))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    run = Path(args.run)
+    out = Path(args.out) if args.out else run / "metrics.json"
+    metrics = evaluate(run / "model.pt", Path(args.data), out, args.device)
+    print(f"{out}: test error {metrics['test_error']:.4f}, loss {metrics['test_loss']:.4f}")
+    return 0
+
+
+def _validate_model(name: str) -> None:
+    from .models import MODELS
+
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; `resnet-repro models` lists them")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resnet-repro",
+        description="Reproduce 'Deep Residual Learning for Image Recognition' (He et al., 2015): data, training, "
+        "evaluation. The pipeline (Snakefile, dvc.yaml) calls these subcommands.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list the registered models")
+    p.add_argument("--family", help="only this family (cifar, imagenet, fc)")
+    p.add_argument("--params", action="store_true", help="also build each model and count its parameters")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("fetch", help="download a dataset archive, verified by MD5, atomically")
+    p.add_argument("dataset", choices=["cifar10", "cifar100"])
+    p.add_argument("--source", help="https://, file:// URL or local path (default: the official URL)")
+    p.add_argument("--md5", help="expected MD5 (default: the official archive's)")
+    p.add_argument("--out", help="destination file (default: data/raw/<archive name>)")
+    p.add_argument("--retries", type=int, default=3, help="retries on transient network errors (default 3)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser("prepare", help="turn a raw dataset into the compact prepared format")
+    p.add_argument("dataset", choices=["cifar10", "cifar100", "digits", "imagefolder"])
+    p.add_argument("--raw", help="the fetched archive, or an image folder (folder or .tar/.tar.gz)")
+    p.add_argument("--out", required=True, help="prepared folder to write")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train one model (resumes a matching checkpoint in --out)")
+    p.add_argument("--model", required=True, help="registered model name (see `resnet-repro models`)")
+    p.add_argument("--data", required=True, help="prepared dataset folder")
+    p.add_argument("--out", required=True, help="run folder (model.pt, history.csv, epochs.csv)")
+    p.add_argument("--schedule", default="cifar_paper", help="named schedule (default: cifar_paper)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a schedule setting")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a trained run into metrics.json")
+    p.add_argument("--run", required=True, help="run folder holding model.pt")
+    p.add_argument("--data", required=True, help="prepared dataset folder it was trained on")
+    p.add_argument("--out", help="metrics file (default: <run>/metrics.json)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ReproError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyError as error:  # UnknownModelError and friends carry their message as the key
+        print(f"error: {error.args[0] if error.args else error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        reason = "disk full" if error.errno == errno.ENOSPC else error.strerror or str(error)
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"error: {reason}{where}; nothing half-written was kept", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,334 @@
+"""Every network of the paper and the review, built from one residual-network definition.
+
+`build_model(name, num_classes=..., in_channels=...)` is the single entry point; `MODELS` maps each
+registered name to its builder. The families:
+
+* CIFAR ResNets / plain nets of the paper's section 4.2 (6n+2 layers, 16/32/64 channels, option-A shortcuts).
+* ImageNet ResNet-18/34/50 and plain-18/34 (7x7 stem, max-pool, four stages, option-B projections).
+* CIFAR forms of ResNet-18/34 and plain-18/34 ("PlainCNN" in the review): 3x3 stride-1 stem, no max-pool.
+* VGG-16/19 with batch norm, CIFAR and ImageNet forms.
+* FC-20/FC-56: deep fully connected ReLU stacks without normalization.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Shortcut = Literal["A", "B", "none"]
+
+
+class ZeroPadShortcut(nn.Module):
+    """Option A of the paper: identity, subsampled by striding, extra channels zero-padded. No parameters."""
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.extra_channels = out_planes - in_planes
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        if self.extra_channels:
+            # pad (W_left, W_right, H_top, H_bottom, C_front, C_back): split the new channels around the old.
+            front = self.extra_channels // 2
+            x = F.pad(x, (0, 0, 0, 0, front, self.extra_channels - front))
+        return x
+
+
+def projection_shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Module:
+    """Option B: 1x1 convolution + BN where the shape changes."""
+    return nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False), nn.BatchNorm2d(out_planes))
+
+
+def make_shortcut(kind: Shortcut, in_planes: int, out_planes: int, stride: int) -> nn.Module | None:
+    """The shortcut of one block, or None for a plain block (no addition at all)."""
+    if kind == "none":
+        return None
+    if stride == 1 and in_planes == out_planes:
+        return nn.Identity()
+    if kind == "A":
+        return ZeroPadShortcut(in_planes, out_planes, stride)
+    return projection_shortcut(in_planes, out_planes, stride)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions; the residual form adds the shortcut before the last ReLU."""
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int, shortcut: Shortcut) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = make_shortcut(shortcut, in_planes, planes, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.shortcut is not None:
+            out = out + self.shortcut(x)
+        return F.relu(out)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3, 1x1 expand (x4), as in the paper's Fig. 5 right (stride on the 3x3, as torchvision)."""
+
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int, shortcut: Shortcut) -> None:
+        super().__init__()
+        out_planes = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_planes)
+        self.shortcut = make_shortcut(shortcut, in_planes, out_planes, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.shortcut is not None:
+            out = out + self.shortcut(x)
+        return F.relu(out)
+
+
+@dataclass(frozen=True)
+class ResNetSpec:
+    """Everything that distinguishes one residual (or plain) network from another."""
+
+    block: type[BasicBlock] | type[Bottleneck]
+    blocks_per_stage: tuple[int, ...]
+    widths: tuple[int, ...]
+    stem: Literal["cifar", "imagenet"]
+    shortcut: Shortcut
+
+
+class ResNet(nn.Module):
+    """One definition for CIFAR and ImageNet forms, residual and plain.
+
+    Shapes for a CIFAR-form 6n+2 net on 32x32 input: stem -> 16x32x32, stages -> 16x32x32, 32x16x16,
+    64x8x8, global average pool -> 64, fully connected -> classes. The ImageNet stem (7x7/2 + 3x3/2 max-pool)
+    takes 224x224 to 56x56 before the first stage.
+    """
+
+    def __init__(self, spec: ResNetSpec, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        first = spec.widths[0]
+        if spec.stem == "cifar":
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, first, 3, padding=1, bias=False), nn.BatchNorm2d(first), nn.ReLU()
+            )
+        else:
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, first, 7, stride=2, padding=3, bias=False),
+                nn.BatchNorm2d(first),
+                nn.ReLU(),
+                nn.MaxPool2d(3, stride=2, padding=1),
+            )
+        stages = []
+        in_planes = first
+        for index, (count, width) in enumerate(zip(spec.blocks_per_stage, spec.widths, strict=True)):
+            blocks = []
+            for position in range(count):
+                stride = 2 if index > 0 and position == 0 else 1
+                blocks.append(spec.block(in_planes, width, stride, spec.shortcut))
+                in_planes = width * spec.block.expansion
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_planes, num_classes)
+        init_weights(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stages(self.stem(x))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+VGG_LAYOUTS: dict[int, tuple[int | str, ...]] = {
+    16: (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+    19: (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"),
+}
+
+
+class VGG(nn.Module):
+    """VGG with batch norm. The CIFAR form ends at 1x1 after five poolings of a 32x32 input and feeds the
+    512 features to the classifier directly; the ImageNet form pools to 7x7 first, as torchvision's vgg*_bn."""
+
+    def __init__(
+        self, depth: int, form: Literal["cifar", "imagenet"], num_classes: int = 10, in_channels: int = 3
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for item in VGG_LAYOUTS[depth]:
+            if item == "M":
+                # ceil_mode keeps small inputs (8x8 digits) from shrinking to nothing.
+                layers.append(nn.MaxPool2d(2, ceil_mode=form == "cifar"))
+            else:
+                layers += [nn.Conv2d(channels, int(item), 3, padding=1), nn.BatchNorm2d(int(item)), nn.ReLU()]
+                channels = int(item)
+        self.features = nn.Sequential(*layers)
+        pooled = 1 if form == "cifar" else 7
+        self.pool = nn.AdaptiveAvgPool2d(pooled)
+        self.classifier = nn.Sequential(
+            nn.Linear(512 * pooled * pooled, 4096),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Linear(4096, 4096),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Linear(4096, num_classes),
+        )
+        init_weights(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class FullyConnected(nn.Module):
+    """`depth` linear layers with ReLU between them on the flattened image; no normalization.
+
+    Linear layers keep PyTorch's default initialization: with it the signal shrinks layer by layer, which is
+    the regime the review's FC-20/FC-56 comparison shows (FC-56 stays at chance).
+    """
+
+    def __init__(self, depth: int, width: int = 256, num_classes: int = 10, in_features: int = 3 * 32 * 32) -> None:
+        super().__init__()
+        sizes = [in_features] + [width] * (depth - 1) + [num_classes]
+        layers: list[nn.Module] = []
+        for index, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
+            layers.append(nn.Linear(fan_in, fan_out))
+            if index < depth - 1:
+                layers.append(nn.ReLU())
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(torch.flatten(x, 1))
+
+
+def init_weights(model: nn.Module) -> None:
+    """The paper's initialization: He normal for convolutions, BN weight 1 and bias 0."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A registered model: how to build it and what it is."""
+
+    name: str
+    family: str
+    description: str
+    build: Callable[..., nn.Module]  # (num_classes, in_channels, image_size, **options) -> module
+
+
+MODELS: dict[str, ModelInfo] = {}
+
+
+def register(name: str, family: str, description: str, build: Callable[..., nn.Module]) -> None:
+    if name in MODELS:
+        raise ValueError(f"model {name!r} registered twice")
+    MODELS[name] = ModelInfo(name, family, description, build)
+
+
+def _resnet(spec: ResNetSpec) -> Callable[..., nn.Module]:
+    return lambda classes, channels, _size: ResNet(spec, classes, channels)
+
+
+def _register_all() -> None:
+    # Paper section 4.2: 6n+2 layers. Plain nets exist for the depths the paper trains plainly.
+    for depth in (8, 14, 20, 32, 44, 56, 110, 1202):
+        n = (depth - 2) // 6
+        for shortcut, prefix in (("A", "resnet"), ("none", "plain")):
+            if prefix == "plain" and depth == 1202:
+                continue
+            spec = ResNetSpec(BasicBlock, (n, n, n), (16, 32, 64), "cifar", shortcut)
+            kind = "option-A shortcuts" if shortcut == "A" else "no shortcuts"
+            register(f"{prefix}{depth}", "cifar", f"CIFAR {depth}-layer net, {kind}", _resnet(spec))
+
+    imagenet_layouts = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)), 50: (Bottleneck, (3, 4, 6, 3))}
+    for depth, (block, layout) in imagenet_layouts.items():
+        for form, stem in (("", "imagenet"), ("cifar_", "cifar")):
+            name_form = "ImageNet" if stem == "imagenet" else "CIFAR (3x3 stem, no max-pool)"
+            spec = ResNetSpec(block, layout, (64, 128, 256, 512), stem, "B")
+            register(f"{form}resnet{depth}", stem, f"ResNet-{depth}, {name_form} form, option-B", _resnet(spec))
+            if depth != 50:
+                plain = ResNetSpec(block, layout, (64, 128, 256, 512), stem, "none")
+                register(f"{form}plain{depth}", stem, f"Plain-{depth}, {name_form} form", _resnet(plain))
+
+    for depth in (16, 19):
+        for form in ("cifar", "imagenet"):
+            prefix = "cifar_" if form == "cifar" else ""
+            register(
+                f"{prefix}vgg{depth}_bn",
+                form,
+                f"VGG-{depth} with batch norm, {form} form",
+                lambda classes, channels, _size, depth=depth, form=form: VGG(depth, form, classes, channels),
+            )
+
+    for depth in (20, 56):
+        register(
+            f"fc{depth}",
+            "fc",
+            f"{depth} fully connected ReLU layers (option width, default 256), no normalization",
+            lambda classes, channels, size, depth=depth, width=256: FullyConnected(
+                depth, width, classes, channels * size * size
+            ),
+        )
+
+
+_register_all()
+
+
+class UnknownModelError(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def build_model(
+    name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, **options: int
+) -> nn.Module:
+    """Build a registered model by name; `options` are family-specific (e.g. `width` for fc20/fc56)."""
+    try:
+        info = MODELS[name]
+    except KeyError:
+        known = ", ".join(sorted(MODELS))
+        raise UnknownModelError(f"unknown model {name!r}; known models: {known}") from None
+    try:
+        return info.build(num_classes, in_channels, image_size, **options)
+    except TypeError:
+        if not options:
+            raise
+        raise UnknownModelError(f"model {name!r} does not take the options {sorted(options)}") from None
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def response_layers(model: nn.Module) -> Sequence[nn.BatchNorm2d]:
+    """The BN layer after every 3x3 convolution of the residual stages, in network order (paper Fig. 7:
+    responses after BN, before the nonlinearity or the addition)."""
+    layers = []
+    for module in model.modules():
+        if isinstance(module, (BasicBlock, Bottleneck)):
+            layers += [module.bn1, module.bn2] if isinstance(module, BasicBlock) else [module.bn2]
+    return layers

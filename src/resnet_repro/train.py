@@ -1,0 +1,504 @@
+"""The trainer: the whole dataset on the device, whole-batch augmentation, a plain SGD loop.
+
+Files in the run folder:
+    checkpoint.pt  resume state, rewritten atomically every `checkpoint_every` iterations and on SIGTERM/SIGUSR1/
+                   SIGINT; removed when the run completes
+    model.pt       the final weights and what is needed to rebuild the model (the run's result)
+    history.csv    one row per evaluation: iteration, epoch, lr, train loss/error since the last row, test
+                   loss/error, images/s
+    epochs.csv     one row per completed epoch: train loss/error over the epoch
+Everything that must be bitwise reproducible (model.pt, the losses and errors) is independent of timing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .data import PreparedData, load_prepared
+from .errors import DataError, Interrupted, TrainingDiverged
+from .models import build_model, count_parameters
+from .settings import TrainSettings, settings_hash
+
+HISTORY_FIELDS = [
+    "iteration",
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_error",
+    "test_loss",
+    "test_error",
+    "images_per_s",
+    "elapsed_s",
+]
+EPOCH_FIELDS = ["epoch", "iteration", "lr", "train_loss", "train_error", "images_per_s"]
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+# Fields of a history row that measure time rather than learning: excluded from reproducibility checks.
+TIMING_FIELDS = {"images_per_s", "elapsed_s"}
+
+
+# ------------------------------------------------------------------------------------------- device choices
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    bf16: bool
+    channels_last: bool
+    compile: bool
+    note: str  # why these were chosen, for the log and provenance
+
+    def autocast(self):
+        if not self.bf16:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX512-BF16: bf16 convolutions are then about twice as fast as fp32 on CPU."""
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DataError("--device cuda requested but CUDA is not available")
+    return device
+
+
+def choose_runtime(settings: TrainSettings, device: torch.device) -> Runtime:
+    fast_bf16 = device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())
+    if settings.precision == "auto":
+        bf16 = fast_bf16
+        note = "bf16 autocast (device has fast bf16)" if bf16 else "fp32 (no fast bf16 on this device)"
+    else:
+        bf16 = settings.precision == "bf16"
+        note = f"{settings.precision} (requested)"
+    channels_last = bf16 if settings.channels_last == "auto" else settings.channels_last == "on"
+    compile_on = (
+        device.type == "cuda" and settings.iterations >= 2000
+        if settings.compile == "auto"
+        else settings.compile == "on"
+    )
+    note += f", {'channels-last' if channels_last else 'NCHW'}, {'compiled' if compile_on else 'eager'}"
+    return Runtime(device, bf16, channels_last, compile_on, note)
+
+
+# ------------------------------------------------------------------------------------------- augmentation
+class DeviceData:
+    """A prepared dataset resident on the training device, with the paper's preprocessing and augmentation
+    applied to whole batches as tensor operations."""
+
+    def __init__(self, data: PreparedData, settings: TrainSettings, device: torch.device) -> None:
+        self.train_x = torch.from_numpy(data.train_images).to(device)
+        self.train_y = torch.from_numpy(data.train_labels).to(device)
+        self.test_x = torch.from_numpy(data.test_images).to(device)
+        self.test_y = torch.from_numpy(data.test_labels).to(device)
+        pixels = self.train_x.float().div_(255)
+        self.mean = pixels.mean(0, keepdim=True)  # per-pixel mean image [1,C,H,W], as the paper
+        if settings.normalize == "channel":
+            self.mean = pixels.mean((0, 2, 3), keepdim=True)
+            self.std = pixels.std((0, 2, 3), keepdim=True)
+        else:
+            self.std = torch.ones_like(self.mean[:, :, :1, :1])
+        del pixels
+        augment = {**data.meta.get("augment", {"pad": 4, "flip": True}), **(settings.augment or {})}
+        self.pad, self.flip = int(augment["pad"]), bool(augment["flip"])
+        self.device = device
+
+    def normalize(self, images: Tensor) -> Tensor:
+        return (images.float().div_(255) - self.mean) / self.std
+
+    def epoch_randomness(self, seed: int, epoch: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Order, crop offsets and flips for every sample of one epoch, from (seed, epoch) alone: resuming
+        mid-epoch regenerates exactly what the interrupted run used."""
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        n = len(self.train_y)
+        order = torch.randperm(n, generator=generator)
+        offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=generator)
+        flips = torch.rand(n, generator=generator) < 0.5
+        if not self.flip:
+            flips.zero_()
+        return order.to(self.device), offsets.to(self.device), flips.to(self.device)
+
+    def batch(self, index: Tensor, offsets: Tensor, flips: Tensor) -> tuple[Tensor, Tensor]:
+        """Normalize, zero-pad, random-crop and flip a batch in one pass of tensor ops."""
+        x = self.normalize(self.train_x[index])
+        return augment_batch(x, offsets, flips, self.pad), self.train_y[index]
+
+
+def augment_batch(x: Tensor, offsets: Tensor, flips: Tensor, pad: int) -> Tensor:
+    """Per-sample random crops of a zero-padded batch via one gather, and per-sample flips via `where`."""
+    if pad:
+        b, c, h, w = x.shape
+        padded = F.pad(x, (pad, pad, pad, pad))
+        rows = (offsets[:, 0, None] + torch.arange(h, device=x.device))[:, None, :, None]  # [B,1,H,1]
+        cols = (offsets[:, 1, None] + torch.arange(w, device=x.device))[:, None, None, :]  # [B,1,1,W]
+        flat = padded.reshape(b, c, -1)
+        index = (rows * (w + 2 * pad) + cols).expand(b, c, h, w).reshape(b, c, -1)
+        x = flat.gather(2, index).reshape(b, c, h, w)
+    return torch.where(flips[:, None, None, None], x.flip(3), x)
+
+
+# ------------------------------------------------------------------------------------------------ files
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, rename: readers see the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    try:
+        with handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, text.getvalue().encode())
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint without ever unpickling code (weights_only=True)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt or unsafe files
+        raise DataError(f"cannot load checkpoint {path}: {str(error).splitlines()[0]}") from None
+
+
+# --------------------------------------------------------------------------------------------- progress
+class ProgressLog:
+    """A one-line bar with ETA on a terminal; plain lines at each evaluation otherwise (cluster logs)."""
+
+    def __init__(self, total: int, stream=sys.stderr) -> None:
+        self.total, self.stream = total, stream
+        self.tty = stream.isatty()
+        self.last_draw = 0.0
+
+    def line(self, text: str) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K")
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def bar(self, iteration: int, rate: float, loss: float) -> None:
+        now = time.monotonic()
+        if not self.tty or now - self.last_draw < 0.5:
+            return
+        self.last_draw = now
+        eta = (self.total - iteration) / max(rate, 1e-9)
+        filled = int(30 * iteration / self.total)
+        self.stream.write(
+            f"\r[{'#' * filled}{'.' * (30 - filled)}] {iteration}/{self.total} loss {loss:.3f} "
+            f"{rate:.1f} it/s ETA {format_seconds(eta)}"
+        )
+        self.stream.flush()
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+# ------------------------------------------------------------------------------------------------ trainer
+@dataclass
+class RunSpec:
+    model: str
+    seed: int
+    settings: TrainSettings
+    data_dir: Path
+    out_dir: Path
+    device: str = "auto"
+
+
+@torch.no_grad()
+def evaluate_arrays(
+    model: nn.Module, data: DeviceData, runtime: Runtime, batch_size: int = 1000
+) -> tuple[Tensor, Tensor]:
+    """Logits (fp32, on CPU) and labels for the whole test split: single original view, no augmentation."""
+    model.eval()
+    outputs = []
+    for start in range(0, len(data.test_y), batch_size):
+        x = data.normalize(data.test_x[start : start + batch_size])
+        if runtime.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with runtime.autocast():
+            outputs.append(model(x).float())
+    model.train()
+    return torch.cat(outputs).cpu(), data.test_y.cpu()
+
+
+def _stop_requested() -> Callable[[], int | None]:
+    """Install handlers that record a stop request; return a probe giving the signal number, if any."""
+    received: list[int] = []
+
+    def handler(signum: int, _frame: object) -> None:
+        received.append(signum)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, handler)
+    return lambda: received[0] if received else None
+
+
+def train(spec: RunSpec, log: ProgressLog | None = None) -> Path:
+    """Train one run to completion (resuming a matching checkpoint) and return the path of model.pt."""
+    settings, out = spec.settings, Path(spec.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(spec.device)
+    runtime = choose_runtime(settings, device)
+    data = load_prepared(spec.data_dir, settings.split)
+    run_id = settings_hash(spec.model, data.meta["sha256"], spec.seed, settings)
+    log = log or ProgressLog(settings.iterations)
+    stop_signal = _stop_requested()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    torch.manual_seed(spec.seed)
+    size = int(data.meta["image_size"])
+    model = build_model(spec.model, data.num_classes, int(data.meta["channels"]), size, **settings.model_options)
+    model.to(device)
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    device_data = DeviceData(data, settings, device)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+        **({"fused": True} if device.type == "cuda" else {}),
+    )
+
+    state: dict[str, Any] = {
+        "iteration": 0,
+        "warmup_done": settings.warmup is None,
+        "history": [],
+        "epochs": [],
+        # Per-iteration losses and wrong counts since the last history row / epoch end / aligned check.
+        # Summed with math.fsum at the end, so where a stop split the windows cannot change a single bit.
+        "interval": {"losses": [], "wrong": 0},
+        "epoch_acc": {"losses": [], "wrong": 0},
+        "block": {"losses": [], "wrong": 0},
+    }
+    checkpoint_path = out / "checkpoint.pt"
+    if checkpoint_path.exists():
+        saved = load_checkpoint(checkpoint_path)
+        if saved.get("run_id") == run_id:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            torch.set_rng_state(saved["rng_cpu"])
+            if device.type == "cuda" and "rng_cuda" in saved:
+                torch.cuda.set_rng_state(saved["rng_cuda"])
+            state = saved["state"]
+            log.line(f"resuming {spec.model} seed {spec.seed} from iteration {state['iteration']} ({checkpoint_path})")
+        else:
+            log.line(f"ignoring {checkpoint_path}: it belongs to different settings (run {saved.get('run_id')})")
+
+    def save_checkpoint() -> None:
+        payload = {
+            "run_id": run_id,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "state": state,
+        }
+        if device.type == "cuda":
+            payload["rng_cuda"] = torch.cuda.get_rng_state()
+        atomic_torch_save(payload, checkpoint_path)
+
+    step_model: Callable[[Tensor], Tensor] = model
+    if runtime.compile:
+        started = time.monotonic()
+        step_model = torch.compile(model)
+        log.line("torch.compile enabled: the first steps include compilation")
+    log.line(
+        f"training {spec.model} ({count_parameters(model):,} parameters) on {data.meta['name']} "
+        f"[{len(device_data.train_y)} train / {len(device_data.test_y)} {settings.split}], seed {spec.seed}, "
+        f"{settings.iterations} iterations, device {device} ({runtime.note}), run {run_id}"
+    )
+
+    n = len(device_data.train_y)
+    batch = min(settings.batch_size, n)
+    steps_per_epoch = n // batch
+    checkpoint_every = settings.checkpoint_every or settings.eval_every
+    window = torch.zeros(settings.check_every, device=device)  # per-iteration losses since the last check
+    window_wrong = torch.zeros(settings.check_every, dtype=torch.long, device=device)
+    window_start = state["iteration"]
+    epoch_cache: tuple[int, tuple[Tensor, Tensor, Tensor]] | None = None
+    clock = time.monotonic()
+    clock_iteration = state["iteration"]
+    compile_reported = not runtime.compile
+    model.train()
+
+    def flush_window(upto: int) -> None:
+        """Sync once: fail on a non-finite loss (naming its iteration), move the window into the tallies."""
+        nonlocal window_start
+        count = upto - window_start
+        if count <= 0:
+            return
+        losses = window[:count].double().cpu()
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            first = window_start + int(bad[0]) + 1
+            kept = (
+                f"the last good checkpoint (iteration {state['last_checkpoint']}) is kept in {checkpoint_path}"
+                if state.get("last_checkpoint")
+                else "no checkpoint had been written yet"
+            )
+            raise TrainingDiverged(
+                f"loss became {losses[int(bad[0])].item()} at iteration {first} of {spec.model} seed {spec.seed}; "
+                f"training stopped and {kept}. Try a smaller learning rate or a warm-up."
+            )
+        values = losses.tolist()
+        wrong = int(window_wrong[:count].sum())
+        for tally in (state["interval"], state["epoch_acc"], state["block"]):
+            tally["losses"].extend(values)
+            tally["wrong"] += wrong
+        window_start = upto
+
+    def summarize(tally: dict) -> tuple[float, float]:
+        seen = len(tally["losses"]) * batch
+        return math.fsum(tally["losses"]) / len(tally["losses"]), tally["wrong"] / seen
+
+    while state["iteration"] < settings.iterations:
+        iteration = state["iteration"]
+        epoch, position = divmod(iteration, steps_per_epoch)
+        if epoch_cache is None or epoch_cache[0] != epoch:
+            epoch_cache = (epoch, device_data.epoch_randomness(spec.seed, epoch))
+        order, offsets, flips = epoch_cache[1]
+        index = order[position * batch : (position + 1) * batch]
+        x, y = device_data.batch(index, offsets[index], flips[index])
+        if runtime.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+
+        lr = settings.lr_at(iteration) if state["warmup_done"] else settings.warmup["lr"]
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with runtime.autocast():
+            logits = step_model(x)
+            loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        window[iteration - window_start] = loss.detach()
+        window_wrong[iteration - window_start] = (logits.detach().argmax(1) != y).sum()
+        state["iteration"] = iteration = iteration + 1
+
+        if not compile_reported:
+            compile_reported = True
+            loss.item()
+            log.line(f"compiled and ran the first step in {time.monotonic() - started:.1f} s")
+            clock, clock_iteration = time.monotonic(), iteration
+
+        stop = stop_signal()
+        aligned = iteration % settings.check_every == 0
+        at_eval = iteration % settings.eval_every == 0 or iteration == settings.iterations
+        at_epoch_end = iteration % steps_per_epoch == 0
+        if not (aligned or at_eval or at_epoch_end or stop):
+            continue
+        flush_window(iteration)
+        elapsed = time.monotonic() - clock
+        rate = (iteration - clock_iteration) / max(elapsed, 1e-9)
+        if aligned:
+            block_loss, block_error = summarize(state["block"])
+            state["block"] = {"losses": [], "wrong": 0}
+            log.bar(iteration, rate, block_loss)
+            if not state["warmup_done"] and block_error < settings.warmup["until_train_error"]:
+                state["warmup_done"] = True
+                log.line(
+                    f"warm-up ends at iteration {iteration} (train error {block_error:.3f}); lr back to {settings.lr}"
+                )
+        if at_epoch_end:
+            train_loss, train_error = summarize(state["epoch_acc"])
+            state["epochs"].append(
+                {
+                    "epoch": iteration // steps_per_epoch,
+                    "iteration": iteration,
+                    "lr": lr,
+                    "train_loss": train_loss,
+                    "train_error": train_error,
+                    "images_per_s": round(rate * batch, 1),
+                }
+            )
+            state["epoch_acc"] = {"losses": [], "wrong": 0}
+        if at_eval:
+            logits_test, labels = evaluate_arrays(model, device_data, runtime)
+            test_loss = F.cross_entropy(logits_test, labels).item()
+            test_error = (logits_test.argmax(1) != labels).float().mean().item()
+            train_loss, train_error = summarize(state["interval"])
+            row = {
+                "iteration": iteration,
+                "epoch": round(iteration / steps_per_epoch, 4),
+                "lr": lr,
+                "train_loss": train_loss,
+                "train_error": train_error,
+                "test_loss": test_loss,
+                "test_error": test_error,
+                "images_per_s": round(rate * batch, 1),
+                "elapsed_s": round(elapsed, 2),
+            }
+            state["history"].append(row)
+            state["interval"] = {"losses": [], "wrong": 0}
+            log.line(
+                f"iter {iteration}/{settings.iterations} epoch {row['epoch']:.2f} lr {lr:g} "
+                f"train loss {train_loss:.4f} err {train_error:.4f} | {settings.split} "
+                f"loss {test_loss:.4f} err {test_error:.4f} | {row['images_per_s']:.0f} img/s"
+            )
+            write_csv(out / "history.csv", HISTORY_FIELDS, state["history"])
+            write_csv(out / "epochs.csv", EPOCH_FIELDS, state["epochs"])
+            clock, clock_iteration = time.monotonic(), iteration
+        if (iteration % checkpoint_every == 0 or stop) and iteration < settings.iterations:
+            state["last_checkpoint"] = iteration
+            save_checkpoint()
+        if stop:
+            raise Interrupted(
+                f"received {signal.Signals(stop).name} at iteration {iteration}; checkpoint saved to "
+                f"{checkpoint_path}; rerun the same command to resume"
+            )
+
+    final = {
+        "format": 1,
+        "model_name": spec.model,
+        "num_classes": data.num_classes,
+        "in_channels": int(data.meta["channels"]),
+        "image_size": size,
+        "model_options": settings.model_options,
+        "seed": spec.seed,
+        "run_id": run_id,
+        "settings": settings.to_dict(),
+        "dataset": {"name": data.meta["name"], "sha256": data.meta["sha256"]},
+        "runtime": {"device": str(device), "note": runtime.note},
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    atomic_torch_save(final, out / "model.pt")
+    write_csv(out / "history.csv", HISTORY_FIELDS, state["history"])
+    write_csv(out / "epochs.csv", EPOCH_FIELDS, state["epochs"])
+    checkpoint_path.unlink(missing_ok=True)
+    return out / "model.pt"
