@@ -7,6 +7,7 @@ non-zero exit status, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import sys
 from pathlib import Path
@@ -23,14 +24,19 @@ def _parse_overrides(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects key=value, got {pair!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            with contextlib.suppress(ValueError):
+                parsed = float(parsed)
+        overrides[key.strip()] = parsed
     return overrides
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import MODELS, build_model, count_parameters
+    from .catalog import CATALOG
+    from .models import build_model, count_parameters
 
-    for name, info in sorted(MODELS.items(), key=lambda item: (item[1].family, item[0])):
+    for name, info in sorted(CATALOG.items(), key=lambda item: (item[1].family, item[0])):
         if args.family and info.family != args.family:
             continue
         line = f"{name:18} {info.family:9} {info.description}"
@@ -62,12 +68,26 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .gpu import acquire_gpu_slot
     from .settings import resolve_settings
     from .train import RunSpec, train
 
-    settings = resolve_settings(args.schedule, _parse_overrides(args.set))
-    spec = RunSpec(args.model, args.seed, settings, Path(args.data), Path(args.out), args.device)
+    if args.config:
+        from .pipeline import run_settings
+
+        if not args.experiment:
+            raise ConfigError("--config needs --experiment (the experiment whose settings this run uses)")
+        if args.set or args.schedule:
+            raise ConfigError("--config takes the schedule and settings from the config; drop --schedule/--set")
+        settings = run_settings(args.config, args.experiment, args.model)
+    else:
+        settings = resolve_settings(args.schedule or "cifar_paper", _parse_overrides(args.set))
     _validate_model(args.model)
+    if args.device in ("auto", "cuda"):
+        slot = acquire_gpu_slot()  # before CUDA initializes: it reads CUDA_VISIBLE_DEVICES once
+        if slot is not None:
+            print(f"using GPU slot {slot.index} (CUDA_VISIBLE_DEVICES={slot.index})", file=sys.stderr)
+    spec = RunSpec(args.model, args.seed, settings, Path(args.data), Path(args.out), args.device)
     print(train(spec))
     return 0
 
@@ -82,10 +102,55 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _validate_model(name: str) -> None:
-    from .models import MODELS
+def cmd_render(args: argparse.Namespace) -> int:
+    from .pipeline import load_plan
+    from .render import experiment_dir, render_experiment
 
-    if name not in MODELS:
+    plan = load_plan(args.config)
+    written = render_experiment(plan, args.experiment, args.out or experiment_dir(args.experiment), args.root)
+    print(f"{args.experiment}: wrote {len(written)} files under {args.out or experiment_dir(args.experiment)}")
+    return 0
+
+
+def cmd_responses(args: argparse.Namespace) -> int:
+    from .analysis import write_responses
+
+    run = Path(args.run)
+    out = Path(args.out) if args.out else run / "responses.json"
+    result = write_responses(run / "model.pt", Path(args.data), out, args.device)
+    print(f"{out}: {len(result['layers'])} layers of {result['model']} on {result['images']} images")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from .pipeline import load_plan
+    from .render import SUMMARY_DIR, render_summary
+
+    plan = load_plan(args.config)
+    out = args.out or SUMMARY_DIR
+    render_summary(plan, out, args.root, args.experiment or None)
+    print(Path(out) / "tables" / "verdict.md")
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from .pipeline import load_plan, sync_dvc_yaml
+
+    plan = load_plan(args.config)
+    if args.action == "sync":
+        changed = sync_dvc_yaml(plan, args.dvc_yaml)
+        print(f"{args.dvc_yaml}: {'updated' if changed else 'up to date'} ({len(plan.runs)} runs)")
+    else:
+        for name, runs in plan.experiments.items():
+            print(f"{name}: {len(runs)} runs: {', '.join(sorted({r.model for r in runs}))}")
+        print(f"config OK: {len(plan.runs)} distinct runs")
+    return 0
+
+
+def _validate_model(name: str) -> None:
+    from .catalog import CATALOG
+
+    if name not in CATALOG:
         raise ConfigError(f"unknown model {name!r}; `resnet-repro models` lists them")
 
 
@@ -122,10 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="registered model name (see `resnet-repro models`)")
     p.add_argument("--data", required=True, help="prepared dataset folder")
     p.add_argument("--out", required=True, help="run folder (model.pt, history.csv, epochs.csv)")
-    p.add_argument("--schedule", default="cifar_paper", help="named schedule (default: cifar_paper)")
+    p.add_argument("--schedule", help="named schedule (default: cifar_paper)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a schedule setting")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    p.add_argument("--config", help="take schedule and settings from this config.yaml (pipeline mode)")
+    p.add_argument("--experiment", help="with --config: the experiment defining this run")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a trained run into metrics.json")
@@ -134,6 +201,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="metrics file (default: <run>/metrics.json)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("render", help="figures, tables and the verdict of one experiment (from its runs' files)")
+    p.add_argument("--config", default="config.yaml")
+    p.add_argument("--experiment", required=True, help="experiment name in the config (e.g. demo, cifar10_depth)")
+    p.add_argument("--out", help="output folder (default: results/<experiment>)")
+    p.add_argument("--root", default=".", help="folder the run paths of the config are relative to (default: .)")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("responses", help="std of each 3x3 layer's response on the test set (paper Fig. 7)")
+    p.add_argument("--run", required=True, help="run folder holding model.pt")
+    p.add_argument("--data", required=True, help="prepared dataset folder it was trained on")
+    p.add_argument("--out", help="JSON file to write (default: <run>/responses.json)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_responses)
+
+    p = sub.add_parser("summary", help="the reproduction verdict of every claim across the experiments of `all`")
+    p.add_argument("--config", default="config.yaml")
+    p.add_argument("--out", help="output folder (default: results/summary)")
+    p.add_argument("--root", default=".", help="folder the run paths of the config are relative to (default: .)")
+    p.add_argument("--experiment", action="append", help="only these experiments (repeatable; default: `all`)")
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("pipeline", help="validate config.yaml, or regenerate dvc.yaml from it")
+    p.add_argument("action", choices=["check", "sync"])
+    p.add_argument("--config", default="config.yaml")
+    p.add_argument("--dvc-yaml", default="dvc.yaml")
+    p.set_defaults(func=cmd_pipeline)
     return parser
 
 

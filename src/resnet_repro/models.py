@@ -1,7 +1,7 @@
 """Every network of the paper and the review, built from one residual-network definition.
 
-`build_model(name, num_classes=..., in_channels=...)` is the single entry point; `MODELS` maps each
-registered name to its builder. The families:
+`build_model(name, num_classes=..., in_channels=...)` is the single entry point; `catalog.CATALOG` lists each
+registered name with its architecture parameters (as torch-free data). The families:
 
 * CIFAR ResNets / plain nets of the paper's section 4.2 (6n+2 layers, 16/32/64 channels, option-A shortcuts).
 * ImageNet ResNet-18/34/50 and plain-18/34 (7x7 stem, max-pool, four stages, option-B projections).
@@ -13,13 +13,15 @@ registered name to its builder. The families:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .catalog import CATALOG
 
 Shortcut = Literal["A", "B", "none"]
 
@@ -230,94 +232,32 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """A registered model: how to build it and what it is."""
-
-    name: str
-    family: str
-    description: str
-    build: Callable[..., nn.Module]  # (num_classes, in_channels, image_size, **options) -> module
-
-
-MODELS: dict[str, ModelInfo] = {}
-
-
-def register(name: str, family: str, description: str, build: Callable[..., nn.Module]) -> None:
-    if name in MODELS:
-        raise ValueError(f"model {name!r} registered twice")
-    MODELS[name] = ModelInfo(name, family, description, build)
-
-
-def _resnet(spec: ResNetSpec) -> Callable[..., nn.Module]:
-    return lambda classes, channels, _size: ResNet(spec, classes, channels)
-
-
-def _register_all() -> None:
-    # Paper section 4.2: 6n+2 layers. Plain nets exist for the depths the paper trains plainly.
-    for depth in (8, 14, 20, 32, 44, 56, 110, 1202):
-        n = (depth - 2) // 6
-        for shortcut, prefix in (("A", "resnet"), ("none", "plain")):
-            if prefix == "plain" and depth == 1202:
-                continue
-            spec = ResNetSpec(BasicBlock, (n, n, n), (16, 32, 64), "cifar", shortcut)
-            kind = "option-A shortcuts" if shortcut == "A" else "no shortcuts"
-            register(f"{prefix}{depth}", "cifar", f"CIFAR {depth}-layer net, {kind}", _resnet(spec))
-
-    imagenet_layouts = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)), 50: (Bottleneck, (3, 4, 6, 3))}
-    for depth, (block, layout) in imagenet_layouts.items():
-        for form, stem in (("", "imagenet"), ("cifar_", "cifar")):
-            name_form = "ImageNet" if stem == "imagenet" else "CIFAR (3x3 stem, no max-pool)"
-            spec = ResNetSpec(block, layout, (64, 128, 256, 512), stem, "B")
-            register(f"{form}resnet{depth}", stem, f"ResNet-{depth}, {name_form} form, option-B", _resnet(spec))
-            if depth != 50:
-                plain = ResNetSpec(block, layout, (64, 128, 256, 512), stem, "none")
-                register(f"{form}plain{depth}", stem, f"Plain-{depth}, {name_form} form", _resnet(plain))
-
-    for depth in (16, 19):
-        for form in ("cifar", "imagenet"):
-            prefix = "cifar_" if form == "cifar" else ""
-            register(
-                f"{prefix}vgg{depth}_bn",
-                form,
-                f"VGG-{depth} with batch norm, {form} form",
-                lambda classes, channels, _size, depth=depth, form=form: VGG(depth, form, classes, channels),
-            )
-
-    for depth in (20, 56):
-        register(
-            f"fc{depth}",
-            "fc",
-            f"{depth} fully connected ReLU layers (option width, default 256), no normalization",
-            lambda classes, channels, size, depth=depth, width=256: FullyConnected(
-                depth, width, classes, channels * size * size
-            ),
-        )
-
-
-_register_all()
-
-
 class UnknownModelError(KeyError):
     def __str__(self) -> str:
         return str(self.args[0])
 
 
+BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
 def build_model(
     name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, **options: int
 ) -> nn.Module:
-    """Build a registered model by name; `options` are family-specific (e.g. `width` for fc20/fc56)."""
+    """Build a catalogued model by name; `options` override its architecture arguments (e.g. `width` for FC)."""
     try:
-        info = MODELS[name]
+        entry = CATALOG[name]
     except KeyError:
-        known = ", ".join(sorted(MODELS))
-        raise UnknownModelError(f"unknown model {name!r}; known models: {known}") from None
-    try:
-        return info.build(num_classes, in_channels, image_size, **options)
-    except TypeError:
-        if not options:
-            raise
-        raise UnknownModelError(f"model {name!r} does not take the options {sorted(options)}") from None
+        raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(sorted(CATALOG))}") from None
+    unknown = set(options) - ({"width"} if entry.kind == "fc" else set())
+    if unknown:
+        raise UnknownModelError(f"model {name!r} does not take the options {sorted(unknown)}")
+    args = {**entry.args, **options}
+    if entry.kind == "resnet":
+        spec = ResNetSpec(BLOCKS[args["block"]], args["layout"], args["widths"], args["stem"], args["shortcut"])
+        return ResNet(spec, num_classes, in_channels)
+    if entry.kind == "vgg":
+        return VGG(args["depth"], args["form"], num_classes, in_channels)
+    return FullyConnected(args["depth"], args["width"], num_classes, in_channels * image_size * image_size)
 
 
 def count_parameters(model: nn.Module) -> int:

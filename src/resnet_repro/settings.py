@@ -46,6 +46,14 @@ class TrainSettings:
     model_options: dict = field(default_factory=dict)  # e.g. {"width": 512} for fc20/fc56
 
     def __post_init__(self) -> None:
+        for key in ("lr", "momentum", "weight_decay", "gamma"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"setting {key!r} must be a number (got {value!r})")
+        if not all(isinstance(m, int) and not isinstance(m, bool) for m in self.milestones):
+            raise ConfigError(
+                f"setting 'milestones' must be a list of iteration numbers (got {list(self.milestones)!r})"
+            )
         checks = [
             ("lr", self.lr > 0, "must be > 0"),
             ("momentum", 0 <= self.momentum < 1, "must be in [0, 1)"),
@@ -81,6 +89,9 @@ class TrainSettings:
         values = dict(values)
         if "milestones" in values:
             values["milestones"] = tuple(values["milestones"])
+        for key in ("channels_last", "compile"):  # YAML 1.1 reads a bare on/off as a boolean
+            if isinstance(values.get(key), bool):
+                values[key] = "on" if values[key] else "off"
         for key in ("lr", "momentum", "weight_decay", "gamma"):
             if key in values and isinstance(values[key], int) and not isinstance(values[key], bool):
                 values[key] = float(values[key])

@@ -1,0 +1,41 @@
+# resnet-repro: the whole reproduction as one DAG. Every job runs its stage through DVC
+# (`dvc repro --single-item`), so `snakemake` and `dvc repro` share one set of stages, outputs and lock file.
+#
+#   snakemake all --cores 8 --resources gpu=2     # everything enabled in config.yaml (`all` is the default)
+#   snakemake demo --cores 2                      # the offline demo on the bundled digits
+#
+# The experiment matrix lives in config.yaml; the stage commands, paths and settings in resnet_repro.pipeline.
+
+from snakemake.utils import min_version
+
+from resnet_repro import pipeline
+from resnet_repro.errors import ReproError
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+try:
+    PLAN = pipeline.build_plan(pipeline.validated(config))
+    pipeline.sync_dvc_yaml(PLAN)
+except ReproError as error:
+    raise SystemExit(f"error: {error}")
+
+DVC = "dvc --wait-for-lock repro --single-item"
+
+
+rule all:
+    input:
+        pipeline.final_targets(PLAN, PLAN.default_experiments),
+    default_target: True
+
+
+rule demo:
+    input:
+        pipeline.final_targets(PLAN, ["demo"]),
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"

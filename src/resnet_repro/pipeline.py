@@ -1,0 +1,346 @@
+"""The experiment matrix (config.yaml) turned into a plan of stages, shared by both front ends.
+
+`Plan` knows every run, its resolved settings, its files and the command of each stage. The Snakefile builds
+its DAG from it; `dvc.yaml` is generated from it (`resnet-repro pipeline sync`). Nothing here imports torch, so
+a Snakemake dry run stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .catalog import CATALOG
+from .data import ARCHIVES
+from .errors import ConfigError
+from .settings import TrainSettings, load_schedules, resolve_settings
+
+SCHEMA_PATH = Path("workflow/schemas/config.schema.yaml")
+DVC_HEADER = (
+    "# GENERATED from config.yaml by `resnet-repro pipeline sync` (every Snakemake run refreshes it).\n"
+    "# Do not edit: change config.yaml instead. After adding or removing runs, sync before `dvc repro`.\n"
+)
+DATA_DIR = "data"
+RESULTS_DIR = "results"
+RUN_FILES = ("model.pt", "history.csv", "epochs.csv")
+# The package's schedules as DVC sees them: the file in this repository, wherever the package is installed.
+REPO_SCHEDULES = "src/resnet_repro/schedules.yaml"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: (dataset, model, seed) with its resolved settings."""
+
+    dataset: str
+    model: str
+    seed: int
+    experiment: str  # the first experiment in config.yaml that defines it (whose keys DVC tracks)
+    schedule: str
+    settings: TrainSettings
+    param_keys: tuple[str, ...]  # config.yaml keys whose values determine the settings
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}-{self.model}-seed{self.seed}"
+
+    @property
+    def folder(self) -> str:
+        return f"{RESULTS_DIR}/{self.dataset}/{self.model}/seed{self.seed}"
+
+    @property
+    def prepared(self) -> str:
+        return prepared_dir(self.dataset)
+
+    def files(self) -> dict[str, str]:
+        return {name.split(".")[0]: f"{self.folder}/{name}" for name in RUN_FILES}
+
+    @property
+    def metrics(self) -> str:
+        return f"{self.folder}/metrics.json"
+
+    @property
+    def settings_json(self) -> str:
+        return json.dumps(self.settings.to_dict(), sort_keys=True)
+
+
+@dataclass
+class Plan:
+    config: dict
+    runs: dict[str, Run] = field(default_factory=dict)
+    experiments: dict[str, list[Run]] = field(default_factory=dict)  # enabled experiments only
+
+    def run(self, dataset: str, model: str, seed: int | str) -> Run:
+        key = f"{dataset}-{model}-seed{seed}"
+        if key not in self.runs:
+            raise ConfigError(f"no run {dataset}/{model}/seed{seed} in config.yaml")
+        return self.runs[key]
+
+    @property
+    def datasets(self) -> list[str]:
+        return sorted({run.dataset for run in self.runs.values()})
+
+    def targets(self, experiments: list[str]) -> list[str]:
+        """The metrics files of the named (enabled) experiments."""
+        files: list[str] = []
+        for name in experiments:
+            files += [run.metrics for run in self.experiments.get(name, []) if run.metrics not in files]
+        return files
+
+    @property
+    def default_experiments(self) -> list[str]:
+        return [name for name in self.config.get("all", []) if name in self.experiments]
+
+
+# Rough milliseconds per iteration on one current datacenter GPU at the schedule's batch size, by model family;
+# SLURM wall times are 2x the estimate plus 15 minutes (a model depth scales the CIFAR nets linearly).
+MS_PER_ITERATION = {"cifar_layer": 0.25, "cifar_resnet": 12.0, "vgg": 10.0, "fc": 1.0, "imagenet": 120.0}
+
+
+def train_resources(run: Run) -> dict[str, int]:
+    """Per-job resources of a training job: one GPU, memory and a wall time that scales with the work."""
+    entry = CATALOG[run.model]
+    if entry.kind == "fc":
+        per_iteration = MS_PER_ITERATION["fc"]
+    elif entry.kind == "vgg":
+        per_iteration = MS_PER_ITERATION["vgg"]
+    elif entry.family == "imagenet":
+        per_iteration = MS_PER_ITERATION["imagenet"]
+    elif entry.args.get("widths") == (16, 32, 64):
+        depth = int("".join(ch for ch in run.model if ch.isdigit()))
+        per_iteration = MS_PER_ITERATION["cifar_layer"] * depth
+    else:
+        per_iteration = MS_PER_ITERATION["cifar_resnet"]
+    minutes = 2 * per_iteration * run.settings.iterations / 60000 + 15
+    memory = 32000 if entry.family == "imagenet" else 16000 if run.model == "resnet1202" else 8000
+    return {"gpu": 1, "runtime": int(minutes), "mem_mb": memory}
+
+
+def prepared_dir(dataset: str) -> str:
+    return f"{DATA_DIR}/prepared/{dataset}"
+
+
+def raw_archive(dataset: str) -> str:
+    return f"{DATA_DIR}/raw/{ARCHIVES[dataset].filename}"
+
+
+def _format_path(path: Any) -> str:
+    return ".".join(str(part) for part in path) or "(top level)"
+
+
+def validate_config(config: dict, schema_path: Path = SCHEMA_PATH) -> None:
+    """Check config against the JSON schema; raise one ConfigError naming the offending key."""
+    import jsonschema
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(e.absolute_path)))
+    if not errors:
+        return
+    error = jsonschema.exceptions.best_match(errors)
+    where = _format_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        patterns = error.schema.get("patternProperties", {})
+        import re
+
+        extra = [k for k in extra if not any(re.match(p, k) for p in patterns)] or extra
+        raise ConfigError(f"config: unknown key {_format_path([*error.absolute_path, extra[0]])!r}")
+    raise ConfigError(f"config: {where}: {error.message}")
+
+
+def load_config(path: Path | str = "config.yaml", schema_path: Path | None = None) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    validate_config(config, schema_path or path.parent / SCHEMA_PATH)
+    return config
+
+
+def build_plan(config: dict, check_paths: bool = True) -> Plan:
+    """Resolve every enabled run; raise a ConfigError naming the key on any inconsistency."""
+    plan = Plan(config)
+    extra_schedules = config.get("schedules") or {}
+    schedules = load_schedules(extra_schedules)
+    datasets = config.get("datasets", {})
+    for index, name in enumerate(config.get("all", [])):
+        if name not in config["experiments"]:
+            raise ConfigError(f"config: all.{index}: unknown experiment {name!r}")
+    for name, experiment in config["experiments"].items():
+        where = f"experiments.{name}"
+        if experiment.get("enabled", True) is False:
+            continue
+        dataset = experiment["dataset"]
+        if dataset not in datasets:
+            raise ConfigError(f"config: {where}.dataset: {dataset!r} is not defined under datasets")
+        if dataset == "imagenet":
+            if not (datasets["imagenet"] or {}).get("path"):
+                raise ConfigError(
+                    f"config: datasets.imagenet.path: experiment {name!r} is enabled but no local ImageNet path is "
+                    "set (ImageNet cannot be downloaded automatically)"
+                )
+            raise ConfigError(f"config: {where}: ImageNet training is not available yet; set enabled: false")
+        if check_paths and dataset not in (*ARCHIVES, "digits"):
+            local = Path(datasets[dataset]["path"])
+            if not local.exists():
+                raise ConfigError(f"config: datasets.{dataset}.path: {local} does not exist")
+        runs = []
+        for model, entry in experiment["models"].items():
+            model_where = f"{where}.models.{model}"
+            if model not in CATALOG:
+                raise ConfigError(f"config: {model_where}: unknown model {model!r}; `resnet-repro models` lists them")
+            if entry.get("enabled", True) is False:
+                continue
+            schedule = entry.get("schedule", experiment["schedule"])
+            schedule_key = f"{model_where}.schedule" if "schedule" in entry else f"{where}.schedule"
+            if schedule not in schedules:
+                raise ConfigError(f"config: {schedule_key}: unknown schedule {schedule!r}; known: {sorted(schedules)}")
+            overrides = {**experiment.get("settings", {}), **entry.get("settings", {})}
+            try:
+                settings = resolve_settings(schedule, overrides, extra_schedules)
+            except ConfigError as error:
+                raise ConfigError(f"config: {model_where}: {error}") from None
+            keys = [
+                key
+                for key, present in (
+                    (f"{where}.settings", "settings" in experiment),
+                    (f"{model_where}.settings", "settings" in entry),
+                )
+                if present
+            ]
+            for seed in entry.get("seeds", experiment.get("seeds", [0])):
+                run = Run(dataset, model, seed, name, schedule, settings, tuple(keys))
+                existing = plan.runs.get(run.key)
+                if existing is None:
+                    plan.runs[run.key] = run
+                elif existing.settings != settings:
+                    raise ConfigError(
+                        f"config: {model_where}: run {dataset}/{model}/seed{seed} is also defined by experiment "
+                        f"{existing.experiment!r} with different settings; give one of them another seed"
+                    )
+                runs.append(plan.runs[run.key])
+        plan.experiments[name] = runs
+    return plan
+
+
+def validated(config: dict, schema_path: Path = SCHEMA_PATH) -> dict:
+    """`config` after schema validation (for the Snakefile, which loads the YAML itself)."""
+    validate_config(config, schema_path)
+    return config
+
+
+def archive_dataset(archive: str) -> str:
+    """The dataset whose official archive is named `archive`."""
+    for name, spec in ARCHIVES.items():
+        if spec.filename == archive:
+            return name
+    raise ConfigError(f"no dataset has the archive {archive!r}")
+
+
+def prepare_inputs(dataset: str) -> list[str]:
+    return [raw_archive(dataset)] if dataset in ARCHIVES else []
+
+
+def final_targets(plan: Plan, experiments: list[str]) -> list[str]:
+    """What building `experiments` means: every run's metrics (and, with the rendering stages, their figures)."""
+    return plan.targets(experiments)
+
+
+def load_plan(config_path: Path | str = "config.yaml") -> Plan:
+    return build_plan(load_config(config_path))
+
+
+def run_settings(config_path: Path | str, experiment: str, model: str) -> TrainSettings:
+    """The resolved settings of `model` in `experiment` (what `train --config --experiment` uses)."""
+    plan = load_plan(config_path)
+    if experiment not in plan.experiments:
+        raise ConfigError(f"experiment {experiment!r} is not an enabled experiment of {config_path}")
+    for run in plan.experiments[experiment]:
+        if run.model == model:
+            return run.settings
+    raise ConfigError(f"model {model!r} is not an enabled model of experiment {experiment!r} in {config_path}")
+
+
+# ----------------------------------------------------------------------------------------------- dvc.yaml
+def _schedule_param(run: Run, config: dict) -> dict[str, list[str]]:
+    if run.schedule in (config.get("schedules") or {}):
+        return {"config.yaml": [f"schedules.{run.schedule}"]}
+    return {REPO_SCHEDULES: [run.schedule]}
+
+
+def stage_names(run: Run) -> dict[str, str]:
+    return {"train": f"train-{run.key}", "evaluate": f"evaluate-{run.key}"}
+
+
+def dvc_stages(plan: Plan) -> dict[str, dict]:
+    """The DVC stages of every enabled run, with the commands the Snakemake rules also run (through DVC)."""
+    stages: dict[str, dict] = {}
+    datasets_conf = plan.config["datasets"]
+    for dataset in plan.datasets:
+        if dataset in ARCHIVES:
+            source = (datasets_conf.get(dataset) or {}).get("source", ARCHIVES[dataset].url)
+            stages[f"fetch-{dataset}"] = {
+                "cmd": f"resnet-repro fetch {dataset} --source {source} --out {raw_archive(dataset)}",
+                "outs": [raw_archive(dataset)],
+            }
+            stages[f"prepare-{dataset}"] = {
+                "cmd": f"resnet-repro prepare {dataset} --raw {raw_archive(dataset)} --out {prepared_dir(dataset)}",
+                "deps": [raw_archive(dataset)],
+                "outs": [prepared_dir(dataset)],
+            }
+        elif dataset == "digits":
+            stages["prepare-digits"] = {
+                "cmd": f"resnet-repro prepare digits --out {prepared_dir(dataset)}",
+                "outs": [prepared_dir(dataset)],
+            }
+        else:
+            path = datasets_conf[dataset]["path"]
+            stages[f"prepare-{dataset}"] = {
+                "cmd": f"resnet-repro prepare imagefolder --raw {path} --out {prepared_dir(dataset)}",
+                "outs": [prepared_dir(dataset)],
+            }
+    for run in plan.runs.values():
+        names = stage_names(run)
+        params: list[Any] = [_schedule_param(run, plan.config)]
+        if run.param_keys:
+            params.insert(0, {"config.yaml": list(run.param_keys)})
+        stages[names["train"]] = {
+            "cmd": (
+                f"resnet-repro train --config config.yaml --experiment {run.experiment} --model {run.model} "
+                f"--seed {run.seed} --data {run.prepared} --out {run.folder}"
+            ),
+            "deps": [run.prepared],
+            "params": params,
+            "outs": list(run.files().values()),
+        }
+        stages[names["evaluate"]] = {
+            "cmd": f"resnet-repro evaluate --run {run.folder} --data {run.prepared}",
+            "deps": [run.files()["model"], run.files()["history"], run.files()["epochs"], run.prepared],
+            "metrics": [{run.metrics: {"cache": True}}],
+        }
+    return stages
+
+
+def dvc_yaml_text(plan: Plan) -> str:
+    return DVC_HEADER + yaml.safe_dump({"stages": dvc_stages(plan)}, sort_keys=False, width=1000)
+
+
+def sync_dvc_yaml(plan: Plan, path: Path | str = "dvc.yaml") -> bool:
+    """Write dvc.yaml if its content differs; return whether it changed."""
+    path = Path(path)
+    text = dvc_yaml_text(plan)
+    if path.is_file() and path.read_text() == text:
+        return False
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
+    return True

@@ -1,0 +1,34 @@
+# Download and preparation. Paths and commands come from resnet_repro.pipeline (the DVC stages).
+
+
+rule fetch:
+    output:
+        "data/raw/{archive}",
+    wildcard_constraints:
+        archive="cifar-10-python.tar.gz|cifar-100-python.tar.gz",
+    params:
+        stage=lambda w: f"fetch-{pipeline.archive_dataset(w.archive)}",
+    log:
+        "logs/fetch/{archive}.log",
+    resources:
+        runtime=30,
+    shell:
+        "{DVC} {params.stage} > {log} 2>&1"
+
+
+rule prepare:
+    input:
+        lambda w: pipeline.prepare_inputs(w.dataset),
+    output:
+        # The files, not the folder: a directory output would get a Snakemake timestamp file inside, which
+        # would change the folder's DVC hash.
+        multiext("data/prepared/{dataset}/", "meta.json", "train.npz", "test.npz"),
+    params:
+        stage="prepare-{dataset}",
+    log:
+        "logs/prepare/{dataset}.log",
+    resources:
+        runtime=30,
+        mem_mb=8000,
+    shell:
+        "{DVC} {params.stage} > {log} 2>&1"
