@@ -8,7 +8,7 @@
 
 from snakemake.utils import min_version
 
-from resnet_repro import pipeline
+from resnet_repro import pipeline, render
 from resnet_repro.errors import ReproError
 
 min_version("9.0")
@@ -28,14 +28,15 @@ DVC = "dvc --wait-for-lock repro --single-item"
 
 rule all:
     input:
-        pipeline.final_targets(PLAN, PLAN.default_experiments),
+        render.final_targets(PLAN, PLAN.default_experiments),
     default_target: True
 
 
 rule demo:
     input:
-        pipeline.final_targets(PLAN, ["demo"]),
+        render.final_targets(PLAN, ["demo"], summary=False),
 
 
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/render.smk"

@@ -96,9 +96,9 @@ def _open_source(source: str, timeout: float) -> tuple[io.BufferedIOBase, int | 
 class _Progress:
     """A one-line progress bar on a terminal; a few plain lines otherwise (cluster logs)."""
 
-    def __init__(self, label: str, total: int | None, stream=sys.stderr) -> None:
-        self.label, self.total, self.stream = label, total, stream
-        self.tty = stream.isatty()
+    def __init__(self, label: str, total: int | None, stream=None) -> None:
+        self.label, self.total, self.stream = label, total, stream or sys.stderr
+        self.tty = self.stream.isatty()
         self.start = time.monotonic()
         self.next_report = 0.0
 

@@ -250,11 +250,6 @@ def prepare_inputs(dataset: str) -> list[str]:
     return [raw_archive(dataset)] if dataset in ARCHIVES else []
 
 
-def final_targets(plan: Plan, experiments: list[str]) -> list[str]:
-    """What building `experiments` means: every run's metrics (and, with the rendering stages, their figures)."""
-    return plan.targets(experiments)
-
-
 def load_plan(config_path: Path | str = "config.yaml") -> Plan:
     return build_plan(load_config(config_path))
 
@@ -327,6 +322,9 @@ def dvc_stages(plan: Plan) -> dict[str, dict]:
             "deps": [run.files()["model"], run.files()["history"], run.files()["epochs"], run.prepared],
             "metrics": [{run.metrics: {"cache": True}}],
         }
+    from .render import render_stages  # render imports this module
+
+    stages.update(render_stages(plan))
     return stages
 
 

@@ -1,0 +1,679 @@
+"""Figures, tables and the reproduction verdict (issue 4), from synthetic run folders and from real short runs.
+
+Synthetic runs are written in the exact format of the trainer and the evaluator (history.csv, epochs.csv,
+metrics.json), with curves shaped like the paper's, so every figure and table of every experiment renders without
+training anything. The slow test trains real tiny runs on the bundled digits through the CLI.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import run_cli
+
+from resnet_repro import render
+from resnet_repro.cli import main as cli_main
+from resnet_repro.pipeline import build_plan, dvc_stages, load_config, load_plan
+
+REPO = Path(__file__).resolve().parents[1]
+HISTORY_FIELDS = [
+    "iteration",
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_error",
+    "test_loss",
+    "test_error",
+    "images_per_s",
+    "elapsed_s",
+]
+EPOCH_FIELDS = ["epoch", "iteration", "lr", "train_loss", "train_error", "images_per_s"]
+
+# Final (train error, test error) per model, shaped like the paper's and the review's findings.
+FINALS = {
+    "plain20": (0.060, 0.090),
+    "plain32": (0.075, 0.100),
+    "plain44": (0.090, 0.110),
+    "plain56": (0.105, 0.125),
+    "resnet20": (0.040, 0.088),
+    "resnet32": (0.030, 0.076),
+    "resnet44": (0.025, 0.072),
+    "resnet56": (0.020, 0.070),
+    "resnet110": (0.010, 0.065),
+    "resnet1202": (0.005, 0.079),
+    "fc20": (0.86, 0.83),
+    "fc56": (0.90, 0.90),
+    "cifar_resnet18": (0.010, 0.20),
+    "cifar_plain18": (0.05, 0.32),
+    "cifar_plain34": (0.08, 0.35),
+    "cifar_resnet34": (0.008, 0.23),
+    "cifar_vgg16_bn": (0.02, 0.28),
+    "cifar_vgg19_bn": (0.03, 0.29),
+    "plain18": (0.30, 0.28),
+    "plain34": (0.32, 0.29),
+    "resnet18": (0.29, 0.28),
+    "resnet34": (0.26, 0.25),
+    "plain8": (0.05, 0.06),
+    "resnet8": (0.04, 0.05),
+}
+
+
+# ------------------------------------------------------------------------------------------- synthetic runs
+def fake_run(
+    folder: Path,
+    model: str,
+    seed: int = 0,
+    final: tuple[float, float] | None = None,
+    iterations: int = 6400,
+    points: int = 32,
+    classes: int = 10,
+    parameters: int = 270_000,
+) -> dict:
+    """Write history.csv, epochs.csv and metrics.json as the trainer and the evaluator do; return the metrics."""
+    train_end, test_end = final or FINALS.get(model, (0.1, 0.12))
+    shift = 0.002 * seed  # seeds differ a little
+    start = 1 - 1 / classes
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for k in range(1, points + 1):
+        it = iterations * k // points
+        decay = math.exp(-6 * k / points)
+        drop = 0.5 if k > points * 3 // 4 else 1.0  # a learning-rate drop, like the paper's curves
+        train = train_end + shift + (start - train_end) * decay + 0.03 * drop * (1 - decay) * (drop < 1 or k < points)
+        test = test_end + shift + (start - test_end) * decay + 0.02 * drop * (1 - decay)
+        train, test = min(train, start), min(test, start)
+        rows.append(
+            {
+                "iteration": it,
+                "epoch": round(it / 390, 4),
+                "lr": 0.1 if drop == 1 else 0.01,
+                "train_loss": 2.3 * train,
+                "train_error": train,
+                "test_loss": 2.3 * test,
+                "test_error": test,
+                "images_per_s": 1000.0,
+                "elapsed_s": 1.0,
+            }
+        )
+    rows[-1]["train_error"] = train_end + shift
+    rows[-1]["test_error"] = test_end + shift
+    with (folder / "history.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, HISTORY_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    with (folder / "epochs.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, EPOCH_FIELDS, lineterminator="\n", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    metrics = {
+        "model": model,
+        "dataset": "synthetic",
+        "split": "test",
+        "seed": seed,
+        "test_error": round(test_end + shift, 6),
+        "test_loss": round(2.3 * (test_end + shift), 6),
+        "top1_accuracy": round(1 - test_end - shift, 6),
+        "top5_accuracy": round(1 - (test_end + shift) / 3, 6),
+        "train_loss": round(2.3 * (train_end + shift), 6),
+        "train_error": round(train_end + shift, 6),
+        "parameters": parameters,
+        "per_class_accuracy": {str(c): 0.9 for c in range(classes)},
+        "confusion_matrix": [[0] * classes for _ in range(classes)],
+        "provenance": {"seed": seed},
+    }
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def fake_responses(path: Path, model: str) -> dict:
+    """responses.json as `resnet-repro responses` writes it: plain nets' stds grow with depth, ResNets' stay small."""
+    depth = render.model_depth(model) or 20
+    layers = depth - 2
+    residual = render.is_residual(model)
+    data = {
+        "model": model,
+        "layers": [
+            {
+                "index": i + 1,
+                "name": f"layer{i}",
+                "std": (0.6 if residual else 1.0) + (0.2 if residual else 1.0) * i / layers,
+            }
+            for i in range(layers)
+        ],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return data
+
+
+def full_config(tmp: Path, enable_imagenet: bool = True, enable_1202: bool = True) -> dict:
+    """config.yaml, with ImageNet pointed at a local folder-dataset name (so Fig. 4 / Table 2 render) and
+    ResNet-1202 on (so Fig. 6's right panel renders)."""
+    config = copy.deepcopy(load_config(REPO / "config.yaml"))
+    if enable_imagenet:
+        config["datasets"]["inet"] = {"path": str(tmp)}
+        config["experiments"]["imagenet"]["dataset"] = "inet"
+        config["experiments"]["imagenet"]["enabled"] = True
+    if enable_1202:
+        config["experiments"]["cifar10_depth"]["models"]["resnet1202"]["enabled"] = True
+    return config
+
+
+def populate(root: Path, plan, experiments: list[str] | None = None, skip: tuple[str, ...] = ()) -> dict[str, dict]:
+    """Fake every run (and Fig. 7 responses) of the experiments under root; return metrics by run folder."""
+    written = {}
+    for name in experiments or list(plan.experiments):
+        classes = 100 if plan.experiments[name][0].dataset == "cifar100" else 10
+        for run in plan.experiments[name]:
+            if run.model in skip:
+                continue
+            params = 11_200_000 if run.model.startswith("cifar_") else 270_000
+            written[run.folder] = fake_run(root / run.folder, run.model, run.seed, classes=classes, parameters=params)
+        for run in render.response_runs(plan, name):
+            if run.model not in skip:
+                fake_responses(root / render.responses_file(run), run.model)
+    return written
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def check_figure(base: Path) -> None:
+    png, pdf = base.with_suffix(".png"), base.with_suffix(".pdf")
+    width, height = png_size(png)
+    assert width >= 600 and height >= 300, (png, width, height)
+    assert png.stat().st_size > 15_000, f"{png} looks empty"
+    assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 5_000
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory):
+    """Every experiment of config.yaml (ImageNet and ResNet-1202 on), faked and rendered once."""
+    root = tmp_path_factory.mktemp("synthetic")
+    plan = build_plan(full_config(root), check_paths=False)
+    metrics = populate(root, plan)
+    refs = render.load_references()
+    written = {}
+    for name in plan.experiments:
+        written[name] = render.render_experiment(plan, name, root / "results" / name, root, refs)
+    render.render_summary(plan, root / "results" / "summary", root, refs=refs)
+    return root, plan, metrics, written
+
+
+# ---------------------------------------------------------------------------------------- reference numbers
+def test_references_have_sources_and_the_papers_numbers() -> None:
+    refs = render.load_references()
+    for section in ("table6", "table2", "review_fc", "cifar100_reference"):
+        assert refs[section]["source"] in refs["sources"], section
+        assert refs[section]["where"]
+    table6 = {(r["method"], r.get("layers")): r for r in refs["table6"]["rows"]}
+    assert [table6[("Maxout", None)]["best"], table6[("NIN", None)]["best"], table6[("DSN", None)]["best"]] == [
+        9.38,
+        8.81,
+        8.22,
+    ]
+    assert table6[("Highway", 19)]["mean"] == 7.72 and table6[("ResNet", 110)]["best"] == 6.43
+    assert table6[("ResNet", 110)]["mean"] == 6.61 and table6[("ResNet", 1202)]["best"] == 7.93
+    assert {r["model"]: r["top1"] for r in refs["cifar100_reference"]["rows"]} == {
+        "cifar_vgg16_bn": 27.07,
+        "cifar_vgg19_bn": 27.77,
+        "cifar_resnet18": 24.39,
+        "cifar_resnet34": 23.24,
+    }
+    fc = {r["label"]: r for r in refs["review_fc"]["rows"]}
+    assert (fc["FC-56"]["val_accuracy"], fc["ResNet-18"]["train_loss"]) == (0.0965, 0.0043)
+    # Every reference model is a catalogued name, so a typo cannot silently leave a row unmatched.
+    for section in ("table6", "table2", "review_fc", "cifar100_reference"):
+        for row in refs[section]["rows"]:
+            assert row.get("model") is None or row["model"] in render.CATALOG, row
+
+
+def test_no_reference_number_is_typed_into_the_code() -> None:
+    source = (REPO / "src/resnet_repro/render.py").read_text()
+    for number in ("6.43", "9.38", "27.94", "24.39", "0.7982", "2.2377", "8.75"):
+        assert number not in source, number
+
+
+# ----------------------------------------------------------------------------------- every figure, every table
+def test_every_artifact_of_every_experiment_is_written(synthetic) -> None:
+    root, plan, _, written = synthetic
+    for name in plan.experiments:
+        expected = {
+            root / p
+            for files in render.render_outputs(plan, name, str(root / "results" / name)).values()
+            for p in files
+        }
+        assert set(written[name]) == expected, name
+        for art in render.experiment_artifacts(plan, name):
+            if art.kind == "figure":
+                check_figure(root / "results" / name / "figures" / art.name)
+    names = {name: [a.name for a in render.experiment_artifacts(plan, name)] for name in plan.experiments}
+    assert names["degradation"] == ["fig1", "results", "verdict"]
+    assert names["cifar10_depth"] == ["fig6", "fig7", "table6", "verdict"]
+    assert names["fc_vs_resnet"] == ["fc_curves", "fc_table", "verdict"]
+    assert names["cifar100"] == ["cifar100_curves", "cifar100_table", "verdict"]
+    assert names["imagenet"] == ["fig4", "table2", "verdict"]
+    assert names["demo"] == ["curves", "fig7", "results", "verdict"]
+
+
+def test_table6_numbers_equal_the_json(synthetic) -> None:
+    root, plan, metrics, _ = synthetic
+    rows = read_csv(root / "results/cifar10_depth/tables/table6.csv")
+    refs = render.load_references()
+    by_layers = {(r["method"], r["layers"]): r for r in rows}
+    for layers in ("20", "32", "44", "56", "1202"):
+        row = by_layers[("ResNet", layers)]
+        run = plan.run("cifar10", f"resnet{layers}", 0)
+        assert float(row["error_best"]) == pytest.approx(100 * metrics[run.folder]["test_error"], abs=1e-9)
+        assert row["status"] == "ours"
+    # ResNet-110: best and mean +- std over its five seeds, beside the paper's 6.43 (6.61 +- 0.16).
+    errors = [100 * metrics[plan.run("cifar10", "resnet110", s).folder]["test_error"] for s in range(5)]
+    row = by_layers[("ResNet", "110")]
+    mean = sum(errors) / 5
+    std = math.sqrt(sum((e - mean) ** 2 for e in errors) / 4)
+    assert float(row["error_best"]) == pytest.approx(min(errors))
+    assert float(row["error_mean"]) == pytest.approx(mean) and float(row["error_std"]) == pytest.approx(std, abs=1e-6)
+    assert row["runs"] == "5"
+    paper110 = next(r for r in refs["table6"]["rows"] if r.get("model") == "resnet110")
+    assert (float(row["error_paper_best"]), float(row["error_paper_mean"])) == (paper110["best"], paper110["mean"])
+    for method in ("Maxout", "NIN", "DSN", "FitNet", "Highway"):
+        assert all(r["status"] == "reported, not run" for r in rows if r["method"] == method)
+        assert all(r["error_best"] == "" for r in rows if r["method"] == method)
+    assert [r["layers"] for r in rows if r["method"] == "plain"] == ["20", "32", "44", "56"]
+    md = (root / "results/cifar10_depth/tables/table6.md").read_text()
+    assert f"| {min(errors):.2f} | {mean:.2f} ± {std:.2f} |" in md
+    assert "6.43 (6.61 ± 0.16)" in md and "reported, not run" in md
+    tex = (root / "results/cifar10_depth/tables/table6.tex").read_text()
+    assert "\\toprule" in tex and "6.43 (6.61 $\\pm$ 0.16)" in tex and "\\%" in tex
+    assert "<table>" in (root / "results/cifar10_depth/tables/table6.html").read_text()
+
+
+def test_fc_table_numbers_equal_the_json_and_the_review(synthetic) -> None:
+    root, plan, metrics, _ = synthetic
+    rows = read_csv(root / "results/fc_vs_resnet/tables/fc_table.csv")
+    refs = {r["model"]: r for r in render.load_references()["review_fc"]["rows"]}
+    for model in ("fc20", "fc56", "cifar_resnet18"):
+        m = metrics[plan.run("cifar10", model, 0).folder]
+        ours = next(r for r in rows if r["model"] == model and r["source"] == "ours")
+        assert float(ours["train_loss"]) == pytest.approx(m["train_loss"])
+        assert float(ours["val_loss"]) == pytest.approx(m["test_loss"])
+        assert float(ours["train_accuracy"]) == pytest.approx(1 - m["train_error"])
+        assert float(ours["val_accuracy"]) == pytest.approx(m["top1_accuracy"])
+        review = next(r for r in rows if r["model"] == model and r["source"] == "review")
+        for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy"):
+            assert float(review[key]) == refs[model][key]
+    md = (root / "results/fc_vs_resnet/tables/fc_table.md").read_text()
+    assert "| FC-56 | review | 2.3070 | 2.3029 | 0.0999 | 0.0965 |" in md
+
+
+def test_cifar100_and_table2_numbers_equal_the_json(synthetic) -> None:
+    root, plan, metrics, _ = synthetic
+    rows = {r["model"]: r for r in read_csv(root / "results/cifar100/tables/cifar100_table.csv")}
+    assert list(rows) == list(plan.config["experiments"]["cifar100"]["models"])
+    for model, row in rows.items():
+        m = metrics[plan.run("cifar100", model, 0).folder]
+        assert float(row["top1_mean"]) == pytest.approx(100 * m["test_error"])
+        assert float(row["top5_mean"]) == pytest.approx(100 * (1 - m["top5_accuracy"]))
+        assert float(row["params_m"]) == pytest.approx(m["parameters"] / 1e6)
+    assert float(rows["cifar_resnet34"]["ref_top1"]) == 23.24 and rows["cifar_plain18"]["ref_top1"] == ""
+    rows2 = {r["model"]: r for r in read_csv(root / "results/imagenet/tables/table2.csv")}
+    for model in ("plain18", "plain34", "resnet18", "resnet34"):
+        m = metrics[plan.run("inet", model, 0).folder]
+        assert float(rows2[model]["top1_mean"]) == pytest.approx(100 * m["test_error"])
+    assert float(rows2["resnet34"]["paper_top1"]) == 25.03
+
+
+def test_results_table_and_summary(synthetic) -> None:
+    root, plan, metrics, _ = synthetic
+    rows = {r["model"]: r for r in read_csv(root / "results/degradation/tables/results.csv")}
+    for model in ("plain20", "plain56"):
+        m = metrics[plan.run("cifar10", model, 0).folder]
+        assert float(rows[model]["error_best"]) == pytest.approx(100 * m["test_error"])
+        assert float(rows[model]["train_error_mean"]) == pytest.approx(100 * m["train_error"])
+    summary = read_csv(root / "results/summary/tables/verdict.csv")
+    per_experiment = {name: read_csv(root / f"results/{name}/tables/verdict.csv") for name in plan.default_experiments}
+    assert [r["claim"] for r in summary] == [
+        r["claim"] for name in plan.default_experiments for r in per_experiment[name]
+    ]
+    # The synthetic curves follow the paper, so every claim of the paper's experiments is reproduced...
+    for name in ("degradation", "cifar10_depth", "imagenet"):
+        verdicts = {r["claim"]: r["verdict"] for r in per_experiment[name]}
+        bad = {c: v for c, v in verdicts.items() if v != "reproduced" and " points of the " not in c}
+        assert not bad, bad
+    depth = {r["claim"]: r for r in per_experiment["cifar10_depth"]}
+    assert depth["ResNet-56 has lower training error than plain-56"]["verdict"] == "reproduced"
+    assert depth["deeper ResNets reach lower test error (20 → 110)"]["verdict"] == "reproduced"
+    # ...and the FC claims of the review too.
+    fc = {r["claim"]: r["verdict"] for r in per_experiment["fc_vs_resnet"]}
+    assert set(fc.values()) == {"reproduced"}, fc
+
+
+def test_disabled_and_missing_runs_are_not_run(tmp_path: Path) -> None:
+    """The default config (ImageNet off, ResNet-1202 off) with no run at all: everything renders, nothing passes."""
+    plan = load_plan(REPO / "config.yaml")
+    for name in plan.experiments:
+        render.render_experiment(plan, name, tmp_path / "results" / name, tmp_path)
+        rows = read_csv(tmp_path / f"results/{name}/tables/verdict.csv")
+        assert rows and {r["verdict"] for r in rows} == {"not run"}, name
+        assert all(r["evidence"].startswith("not run: ") for r in rows)
+    check_figure(tmp_path / "results/cifar10_depth/figures/fig6")
+    rows = read_csv(tmp_path / "results/cifar10_depth/tables/table6.csv")
+    assert {r["status"] for r in rows if r["method"] == "ResNet"} == {"not run"}
+    render.render_summary(plan, tmp_path / "summary", tmp_path)
+    summary = read_csv(tmp_path / "summary/tables/verdict.csv")
+    imagenet = [r for r in summary if r["experiment"] == "imagenet"]
+    assert imagenet and all(r["evidence"] == "not run: experiment disabled in config.yaml" for r in imagenet)
+    assert "demo" not in {r["experiment"] for r in summary}  # the summary covers `all`
+
+
+# ------------------------------------------------------------------------------------------ verdict logic
+def _results(models: dict[str, list[tuple[float, float]]], expected_seeds: dict[str, list[int]] | None = None):
+    """ExperimentResults from (train error, test error) per seed, without files."""
+    groups = {}
+    for model, values in models.items():
+        runs = [
+            render.RunResult(
+                model,
+                seed,
+                Path("."),
+                {
+                    "train_error": tr,
+                    "test_error": te,
+                    "top1_accuracy": 1 - te,
+                    "per_class_accuracy": {str(c): 0 for c in range(10)},
+                },
+                None,
+            )
+            for seed, (tr, te) in enumerate(values)
+        ]
+        seeds = (expected_seeds or {}).get(model, list(range(len(values))))
+        groups[model] = render.ModelRuns(model, seeds, runs)
+    return render.ExperimentResults("x", "cifar10", True, groups)
+
+
+TOL = {
+    "ordering_points": 0.0,
+    "monotone_slack_points": 0.3,
+    "paper_error_points": 0.5,
+    "reference_run_points": 3.0,
+    "chance_points": 2.0,
+    "learns_points": 5.0,
+}
+
+
+def test_ordering_claims() -> None:
+    claim = render.Worse("plain-56 worse", "paper Fig. 1", "plain56", "plain20", "train_error")
+    assert claim.evaluate(_results({"plain56": [(0.12, 0.1)], "plain20": [(0.08, 0.1)]}), TOL).verdict == "reproduced"
+    verdict = claim.evaluate(_results({"plain56": [(0.08, 0.1)], "plain20": [(0.12, 0.1)]}), TOL)
+    assert verdict.verdict == "not reproduced" and "margin -4.00 points" in verdict.evidence
+    # Equal is not "higher": the margin must exceed the tolerance.
+    assert claim.evaluate(_results({"plain56": [(0.1, 0.1)], "plain20": [(0.1, 0.1)]}), TOL).verdict == "not reproduced"
+    # A stricter tolerance turns a small margin into "not reproduced".
+    small = _results({"plain56": [(0.101, 0.1)], "plain20": [(0.1, 0.1)]})
+    assert claim.evaluate(small, TOL).verdict == "reproduced"
+    assert claim.evaluate(small, TOL | {"ordering_points": 0.5}).verdict == "not reproduced"
+    # Means over seeds decide, not the best seed.
+    seeds = _results({"plain56": [(0.05, 0.1), (0.2, 0.1)], "plain20": [(0.1, 0.1)]})
+    assert claim.evaluate(seeds, TOL).verdict == "reproduced"
+
+
+def test_missing_runs_and_seeds_are_never_a_pass() -> None:
+    claim = render.Worse("plain-56 worse", "paper Fig. 1", "plain56", "plain20", "train_error")
+    verdict = claim.evaluate(_results({"plain56": [(0.5, 0.5)]}), TOL)
+    assert (verdict.verdict, verdict.evidence) == ("not run", "not run: plain-20")
+    partial = _results({"plain56": [(0.5, 0.5)], "plain20": [(0.1, 0.1)]}, {"plain20": [0, 1, 2]})
+    verdict = claim.evaluate(partial, TOL)
+    assert verdict.verdict == "not run" and "plain-20 seeds 1, 2" in verdict.evidence
+    near = render.Near("ResNet-110 near", "paper", "resnet110", reference=6.43)
+    assert near.evaluate(_results({}), TOL).verdict == "not run"
+    chance = render.AtChance("FC-56 does not learn", "review", "fc56")
+    assert chance.evaluate(_results({"fc20": [(0.9, 0.9)]}), TOL).verdict == "not run"
+
+
+def test_monotone_near_and_chance_claims() -> None:
+    chain = ("resnet20", "resnet56", "resnet110")
+    claim = render.Monotone("deeper is better", "paper", chain)
+    good = _results({"resnet20": [(0, 0.088)], "resnet56": [(0, 0.070)], "resnet110": [(0, 0.065)]})
+    assert claim.evaluate(good, TOL).verdict == "reproduced"
+    within_slack = _results({"resnet20": [(0, 0.088)], "resnet56": [(0, 0.070)], "resnet110": [(0, 0.072)]})
+    assert claim.evaluate(within_slack, TOL).verdict == "reproduced"  # +0.2 points on the last step: within 0.3
+    beyond = _results({"resnet20": [(0, 0.088)], "resnet56": [(0, 0.070)], "resnet110": [(0, 0.075)]})
+    assert claim.evaluate(beyond, TOL).verdict == "not reproduced"
+    flat = _results({"resnet20": [(0, 0.07)], "resnet56": [(0, 0.07)], "resnet110": [(0, 0.07)]})
+    assert claim.evaluate(flat, TOL).verdict == "not reproduced"  # the ends must differ in the claimed direction
+
+    best = render.Near("ResNet-110 best", "paper", "resnet110", reference=6.43)
+    mean = render.Near("ResNet-110 mean", "paper", "resnet110", reference=6.61, use="mean")
+    seeds = _results({"resnet110": [(0, 0.0690), (0, 0.0700), (0, 0.0760)]})
+    assert best.evaluate(seeds, TOL).verdict == "reproduced"  # best 6.90: +0.47 points
+    assert mean.evaluate(seeds, TOL).verdict == "not reproduced"  # mean 7.17: +0.56 points
+    assert "ours 6.90% (best of 3) vs 6.43%: +0.47 points" in best.evaluate(seeds, TOL).evidence
+
+    learns = render.AtChance("FC-20 learns", "review", "fc20", above=True)
+    stuck = render.AtChance("FC-56 does not learn", "review", "fc56")
+    runs = _results({"fc20": [(0.85, 0.83)], "fc56": [(0.9, 0.9)]})
+    assert learns.evaluate(runs, TOL).verdict == "reproduced"  # 17% vs chance 10%
+    assert stuck.evaluate(runs, TOL).verdict == "reproduced"
+    runs = _results({"fc20": [(0.9, 0.88)], "fc56": [(0.5, 0.5)]})
+    assert learns.evaluate(runs, TOL).verdict == "not reproduced"  # 12%: not 5 points above chance
+    assert stuck.evaluate(runs, TOL).verdict == "not reproduced"
+
+
+def test_generic_claims_follow_the_models() -> None:
+    refs = render.load_references()
+    claims = render.experiment_claims("mine", ["plain8", "plain20", "resnet8", "resnet20", "cifar_vgg16_bn"], refs)
+    assert [c.text for c in claims] == [
+        "plain-20 has higher training error than plain-8",
+        "ResNet-8 has lower training error than plain-8",
+        "ResNet-20 has lower training error than plain-20",
+        "ResNet-20 has lower test error than ResNet-8",
+    ]
+    assert render.experiment_claims("only_vgg", ["cifar_vgg16_bn"], refs) == []
+
+
+# --------------------------------------------------------------------------------------- stages and paths
+def test_render_stages_match_the_renderer_and_the_pipeline(tmp_path: Path) -> None:
+    plan = load_plan(REPO / "config.yaml")
+    stages = render.render_stages(plan)
+    assert set(stages) >= {f"render-{name}" for name in plan.experiments} | {"summary"}
+    responses = [name for name in stages if name.startswith("responses-")]
+    assert sorted(responses) == sorted(
+        f"responses-{r.key}" for name in plan.experiments for r in render.response_runs(plan, name)
+    )
+    # cifar10_depth: Fig. 7's nets are 20/56/110 of each kind present (no plain-110 in the config).
+    assert [r.model for r in render.response_runs(plan, "cifar10_depth")] == [
+        "plain20",
+        "plain56",
+        "resnet20",
+        "resnet56",
+        "resnet110",
+    ]
+    pipeline_stages = dvc_stages(plan)
+    assert not set(stages) & set(pipeline_stages)
+    produced = {out for s in pipeline_stages.values() for out in s.get("outs", [])}
+    produced |= {next(iter(m)) for s in pipeline_stages.values() for m in s.get("metrics", [])}
+    produced |= {out for s in stages.values() for out in s["outs"]}
+    outs = [out for s in stages.values() for out in s["outs"]]
+    assert len(outs) == len(set(outs))
+    for name, stage in stages.items():
+        for dep in stage["deps"]:
+            assert dep in produced or (REPO / dep).exists(), (name, dep)
+    assert render.REPO_REFERENCES in stages["render-demo"]["deps"]
+    # The commands are valid CLI invocations writing exactly the declared outs.
+    parser = __import__("resnet_repro.cli", fromlist=["build_parser"]).build_parser()
+    for stage in stages.values():
+        parser.parse_args(stage["cmd"].split()[1:])
+    stage = stages["render-demo"]
+    assert stage["outs"] == render.flatten(render.render_outputs(plan, "demo"))
+    assert set(render.final_targets(plan, ["demo"], summary=False)) == set(stage["outs"])
+    assert render.RESPONSES_PATTERN.format(dataset="digits", model="resnet8", seed=0) == render.responses_file(
+        plan.run("digits", "resnet8", 0)
+    )
+    items = render.report_items(plan, ["demo"])
+    assert [i.path for i in items] == [
+        "results/demo/figures/curves.png",
+        "results/demo/figures/fig7.png",
+        "results/demo/tables/results.html",
+        "results/demo/tables/verdict.html",
+    ]
+    for item in render.report_items(plan) + render.summary_report_items():
+        assert (REPO / "workflow/report" / f"{item.caption}.rst").is_file(), item.caption
+    # Stages are plain data: they survive a YAML round trip (dvc.yaml).
+    assert yaml.safe_load(yaml.safe_dump(stages)) == stages
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        cli_main(["render", "--config", str(REPO / "config.yaml"), "--experiment", "nope", "--root", str(tmp_path)])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown experiment 'nope'" in err
+    bad = tmp_path / "results/digits/plain8/seed0"
+    bad.mkdir(parents=True)
+    (bad / "metrics.json").write_text("{not json")
+    assert (
+        cli_main(["render", "--config", str(REPO / "config.yaml"), "--experiment", "demo", "--root", str(tmp_path)])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not valid JSON" in err
+    assert cli_main(["responses", "--run", str(tmp_path), "--data", str(tmp_path)]) != 0
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------------ real runs on digits
+TINY = {"iterations": 24, "eval_every": 8, "milestones": [16], "batch_size": 32, "compile": "off"}
+
+
+@pytest.mark.slow
+def test_real_digits_runs_render(tmp_path: Path, digits_dir: Path) -> None:
+    """Train plain-8, ResNet-8 (two seeds) and plain-14 briefly through the CLI; evaluate, analyse, render."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["experiments"]["demo"]["settings"] = TINY
+    config["experiments"]["demo"]["models"] = {"plain8": {}, "plain14": {}, "resnet8": {"seeds": [0, 1]}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    shutil.copytree(REPO / "workflow/schemas", tmp_path / "workflow/schemas")
+    plan = load_plan(tmp_path / "config.yaml")
+    cfg = str(tmp_path / "config.yaml")
+    for run in plan.experiments["demo"]:
+        folder = str(tmp_path / run.folder)
+        args = ["--model", run.model, "--seed", str(run.seed), "--data", str(digits_dir), "--out", folder]
+        # Training as a real process (the trainer's progress log holds on to the stderr it started with).
+        run_cli("train", "--config", cfg, "--experiment", "demo", *args, "--device", "cpu")
+        assert cli_main(["evaluate", "--run", folder, "--data", str(digits_dir), "--device", "cpu"]) == 0
+    for run in render.response_runs(plan, "demo"):
+        out = str(tmp_path / render.responses_file(run))
+        assert (
+            cli_main(["responses", "--run", str(tmp_path / run.folder), "--data", str(digits_dir), "--out", out]) == 0
+        )
+    out = tmp_path / "results/demo"
+    assert (
+        cli_main(["render", "--config", cfg, "--experiment", "demo", "--root", str(tmp_path), "--out", str(out)]) == 0
+    )
+    assert (
+        cli_main(
+            ["summary", "--config", cfg, "--root", str(tmp_path), "--experiment", "demo", "--out", str(tmp_path / "s")]
+        )
+        == 0
+    )
+
+    for name in ("curves", "fig7"):
+        check_figure(out / "figures" / name)
+    rows = {r["model"]: r for r in read_csv(out / "tables/results.csv")}
+    for run in plan.experiments["demo"]:
+        if run.seed:
+            continue
+        metrics = json.loads((tmp_path / run.metrics).read_text())
+        if run.model != "resnet8":
+            assert float(rows[run.model]["error_best"]) == pytest.approx(100 * metrics["test_error"], abs=1e-9)
+            assert float(rows[run.model]["params_m"]) == pytest.approx(metrics["parameters"] / 1e6, abs=1e-4)
+    seeds = [
+        json.loads((tmp_path / r.metrics).read_text())["test_error"]
+        for r in plan.experiments["demo"]
+        if r.model == "resnet8"
+    ]
+    assert float(rows["resnet8"]["error_best"]) == pytest.approx(100 * min(seeds), abs=1e-9)
+    assert float(rows["resnet8"]["error_mean"]) == pytest.approx(50 * sum(seeds), abs=1e-9)
+    assert rows["resnet8"]["runs"] == "2"
+    responses = json.loads((tmp_path / render.responses_file(plan.run("digits", "resnet8", 0))).read_text())
+    assert len(responses["layers"]) == 6 and all(layer["std"] > 0 for layer in responses["layers"])
+    assert responses["images"] == 359
+    verdicts = read_csv(out / "tables/verdict.csv")
+    assert [v["claim"] for v in verdicts] == [
+        "plain-14 has higher training error than plain-8",
+        "ResNet-8 has lower training error than plain-8",
+    ]
+    assert {v["verdict"] for v in verdicts} <= {"reproduced", "not reproduced"}
+    assert read_csv(tmp_path / "s/tables/verdict.csv") == verdicts
+
+
+# --------------------------------------------------------------------------------------- the HTML report
+REPORT_SNAKEFILE = """
+from resnet_repro import pipeline, render
+
+configfile: "config.yaml"
+
+PLAN = pipeline.build_plan(pipeline.validated(config), check_paths=False)
+DVC = "echo"
+
+rule everything:
+    input: render.final_targets(PLAN, list(PLAN.experiments))
+
+include: "workflow/rules/render.smk"
+"""
+
+
+@pytest.mark.slow
+def test_html_report_contains_every_flagged_file(tmp_path: Path) -> None:
+    """`snakemake --report` over rendered synthetic results, with workflow/rules/render.smk as the lead's
+    Snakefile includes it: every flagged figure and table is in the self-contained HTML."""
+    snakemake = Path(__import__("sys").executable).parent / "snakemake"
+    if not snakemake.exists():
+        pytest.skip("snakemake is not installed in this environment")
+    shutil.copytree(REPO / "workflow/schemas", tmp_path / "workflow/schemas")
+    shutil.copytree(REPO / "workflow/report", tmp_path / "workflow/report")
+    (tmp_path / "workflow/rules").mkdir()
+    shutil.copy(REPO / "workflow/rules/render.smk", tmp_path / "workflow/rules/render.smk")
+    (tmp_path / "src/resnet_repro").mkdir(parents=True)
+    shutil.copy(render.REFERENCES_FILE, tmp_path / render.REPO_REFERENCES)
+    config = full_config(tmp_path, enable_imagenet=False, enable_1202=False)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "Snakefile").write_text(REPORT_SNAKEFILE)
+    plan = build_plan(config, check_paths=False)
+    populate(tmp_path, plan)
+    for name in plan.experiments:
+        render.render_experiment(plan, name, tmp_path / render.experiment_dir(name), tmp_path)
+    render.render_summary(plan, tmp_path / render.SUMMARY_DIR, tmp_path)
+    import subprocess
+
+    result = subprocess.run(
+        [str(snakemake), "everything", "--cores", "1", "--report", "report.html"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    page = (tmp_path / "report.html").read_text()
+    items = render.report_items(plan) + render.summary_report_items()
+    assert len(items) == 4 + 4 + 3 + 3 + 3 + 1
+    for item in items:
+        assert item.path in page, item.path
+    assert "Reproduction of" in page  # workflow.rst
