@@ -23,7 +23,12 @@ try:
 except ReproError as error:
     raise SystemExit(f"error: {error}")
 
-DVC = "dvc --wait-for-lock repro --single-item"
+# With `--sdm apptainer` every step runs in its pinned image (containers/); without it, natively.
+TRAIN_IMAGE = pipeline.container_image("train")
+RENDER_IMAGE = pipeline.container_image("render")
+
+
+container: TRAIN_IMAGE
 
 
 rule all:
@@ -37,6 +42,7 @@ rule demo:
         render.final_targets(PLAN, ["demo"], summary=False),
 
 
+include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/render.smk"

@@ -119,6 +119,20 @@ def train_resources(run: Run) -> dict[str, int]:
     return {"gpu": 1, "runtime": int(minutes), "mem_mb": memory}
 
 
+IMAGE_VERSION_FILE = Path("containers/VERSION")
+IMAGE_PREFIX_ENV = "RESNET_REPRO_IMAGE_PREFIX"  # e.g. docker://ghcr.io/you/ once the images are pushed
+
+
+def container_image(kind: str, root: Path = Path(".")) -> str:
+    """The pinned image of `kind` ('train' or 'render') for Snakemake's container: directive."""
+    import os
+
+    version_file = root / IMAGE_VERSION_FILE
+    version = version_file.read_text().strip() if version_file.is_file() else "unknown"
+    prefix = os.environ.get(IMAGE_PREFIX_ENV, "docker://localhost/")
+    return f"{prefix}resnet-repro-{kind}:{version}"
+
+
 def prepared_dir(dataset: str) -> str:
     return f"{DATA_DIR}/prepared/{dataset}"
 

@@ -13,7 +13,7 @@ rule fetch:
     resources:
         runtime=30,
     shell:
-        "{DVC} {params.stage} > {log} 2>&1"
+        "dvc --wait-for-lock repro --single-item {params.stage} > {log} 2>&1"
 
 
 rule prepare:
@@ -31,4 +31,4 @@ rule prepare:
         runtime=30,
         mem_mb=8000,
     shell:
-        "{DVC} {params.stage} > {log} 2>&1"
+        "dvc --wait-for-lock repro --single-item {params.stage} > {log} 2>&1"

@@ -1,32 +1,14 @@
 # Rendering: Fig. 7's layer responses, each experiment's figures/tables/verdict, and the summary verdict.
 # Thin rules: stage names, inputs and outputs come from resnet_repro.render.render_stages (the same stages
-# dvc.yaml holds), and each job runs its stage through DVC like every other rule. Expects PLAN and DVC from
-# the Snakefile. Figures (PNG) and tables (HTML) are flagged for `snakemake --report`, grouped by experiment.
-
-from resnet_repro import render as _render
+# dvc.yaml holds), and each job runs its stage through DVC like every other rule. Expects PLAN from the
+# Snakefile and _flag from common.smk. Figures (PNG) and tables (HTML) are flagged for
+# `snakemake --report`, grouped by experiment.
 
 
 report: "../report/workflow.rst"
 
 
 _RENDER_STAGES = _render.render_stages(PLAN)
-_REPORT = {
-    item.path: item for item in _render.report_items(PLAN) + _render.summary_report_items()
-}
-
-
-def _flag(path):
-    """A rule output, flagged for the HTML report when it is a figure or table people look at."""
-    item = _REPORT.get(path)
-    if item is None:
-        return path
-    return report(
-        path,
-        caption=f"../report/{item.caption}.rst",
-        category=item.category,
-        subcategory=item.subcategory,
-        labels={"name": item.label, "file": path.rsplit("/", 1)[-1]},
-    )
 
 
 rule responses:
@@ -41,7 +23,7 @@ rule responses:
         "logs/responses/{dataset}/{model}/seed{seed}.log",
     threads: 1
     shell:
-        "{DVC} {params.stage} > {log} 2>&1"
+        "dvc --wait-for-lock repro --single-item {params.stage} > {log} 2>&1"
 
 
 for _experiment in PLAN.experiments:
@@ -60,7 +42,7 @@ for _experiment in PLAN.experiments:
             f"logs/render/{_experiment}.log",
         threads: 1
         shell:
-            "{DVC} {params.stage} > {log} 2>&1"
+            "dvc --wait-for-lock repro --single-item {params.stage} > {log} 2>&1"
 
 
 rule render_summary:
@@ -72,6 +54,8 @@ rule render_summary:
         stage="summary",
     log:
         "logs/render/summary.log",
+    container:
+        RENDER_IMAGE
     threads: 1
     shell:
-        "{DVC} {params.stage} > {log} 2>&1"
+        "dvc --wait-for-lock repro --single-item {params.stage} > {log} 2>&1"

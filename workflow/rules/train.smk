@@ -27,7 +27,7 @@ rule train:
         runtime=lambda w: pipeline.train_resources(PLAN.run(w.dataset, w.model, w.seed))["runtime"],
         mem_mb=lambda w: pipeline.train_resources(PLAN.run(w.dataset, w.model, w.seed))["mem_mb"],
     shell:
-        "{DVC} {params.stage} > {log} 2>&1"
+        "dvc --wait-for-lock repro --single-item {params.stage} > {log} 2>&1"
 
 
 rule evaluate:
@@ -44,4 +44,4 @@ rule evaluate:
         "logs/evaluate/{dataset}/{model}/seed{seed}.log",
     threads: 1
     shell:
-        "{DVC} {params.stage} > {log} 2>&1"
+        "dvc --wait-for-lock repro --single-item {params.stage} > {log} 2>&1"

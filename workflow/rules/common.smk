@@ -1,0 +1,19 @@
+# Helpers shared by the rule files (kept apart from the rules, as Snakemake's style guide asks).
+
+from resnet_repro import render as _render
+
+_REPORT = {item.path: item for item in _render.report_items(PLAN) + _render.summary_report_items()}
+
+
+def _flag(path):
+    """A rule output, flagged for the HTML report when it is a figure or table people look at."""
+    item = _REPORT.get(path)
+    if item is None:
+        return path
+    return report(
+        path,
+        caption=f"../report/{item.caption}.rst",
+        category=item.category,
+        subcategory=item.subcategory,
+        labels={"name": item.label, "file": path.rsplit("/", 1)[-1]},
+    )
