@@ -3,6 +3,7 @@ its slot; a CUDA_VISIBLE_DEVICES set by a scheduler is respected."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import subprocess
@@ -44,7 +45,7 @@ def test_concurrent_jobs_never_share_a_slot(tmp_path: Path) -> None:
     assert all(r["visible"] == str(r["slot"]) for r in records)
     for slot in (0, 1):
         spans = sorted((r["start"], r["end"]) for r in records if r["slot"] == slot)
-        assert all(earlier[1] <= later[0] for earlier, later in zip(spans, spans[1:], strict=False)), spans
+        assert all(earlier[1] <= later[0] for earlier, later in itertools.pairwise(spans)), spans
 
 
 def test_a_killed_holder_frees_its_slot(tmp_path: Path) -> None:
