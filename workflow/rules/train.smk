@@ -26,6 +26,10 @@ rule train:
         gpu=lambda w: pipeline.train_resources(PLAN.run(w.dataset, w.model, w.seed))["gpu"],
         runtime=lambda w: pipeline.train_resources(PLAN.run(w.dataset, w.model, w.seed))["runtime"],
         mem_mb=lambda w: pipeline.train_resources(PLAN.run(w.dataset, w.model, w.seed))["mem_mb"],
+        cpus_per_task=2,
+        # On SLURM: SIGTERM 5 minutes before the time limit, so the trainer checkpoints and a retry resumes;
+        # append keeps the log of every attempt in one file.
+        slurm_extra="--signal=TERM@300 --open-mode=append",
     shell:
         "dvc --wait-for-lock repro --single-item {params.stage} > {log} 2>&1"
 
