@@ -137,6 +137,17 @@ elif [[ "$pip_source" == wheelhouse && " $images " == *" train "* ]]; then
 fi
 
 # 6. the images (podman's output, on stdout, gets a time stamp per line for the CI log) --
+#    SOURCE_SHA256 hashes what the package layer copies (src/, pyproject.toml, README.md), so
+#    any change to the package source rebuilds that layer, and the image's label
+#    org.resnet-repro.source-sha256 says which source it holds. The tests compute the same
+#    hash (tests/conftest_containers.py: source_sha256) and refuse a stale image.
+source_sha256="$(
+    cd "$context"
+    { find src -type f ! -path '*/__pycache__/*' ! -name '*.py[co]' -print0
+      for f in pyproject.toml README.md; do if [[ -f "$f" ]]; then printf '%s\0' "$f"; fi; done
+    } | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1
+)"
+log "package source sha256 $source_sha256"
 for name in $images; do
     dockerfile="containers/Dockerfile.$name"
     tag="localhost/resnet-repro-$name:$version"
@@ -151,6 +162,7 @@ for name in $images; do
         --build-arg PIP_SOURCE="$pip_source" \
         --build-arg WHEELHOUSE="$wheelhouse" \
         --build-arg EXTRA_CA_CERTS_DIR=containers/ca-certs \
+        --build-arg SOURCE_SHA256="$source_sha256" \
         --label org.opencontainers.image.version="$version" \
         ${PODMAN_BUILD_ARGS:-} "$context" 2>&1 \
         | while IFS= read -r line; do printf '%(%H:%M:%S)T %s\n' -1 "$line"; done

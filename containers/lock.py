@@ -7,7 +7,8 @@ writes
     containers/requirements-train.lock   every distribution the training image installs
     containers/requirements-torch.lock   the subset for torch + torchvision (the wheelhouse, and
                                          the image layer that changes least)
-    containers/requirements-render.lock  the same versions, without torch/torchvision/dvc
+    containers/requirements-render.lock  the same versions, without torch/torchvision (dvc stays:
+                                         every pipeline step runs `dvc repro --single-item`)
 
 The images run Debian bookworm's CPython 3.11 on x86_64, so run this with a CPython 3.11 on
 linux x86_64 (pip resolves for the interpreter that runs it). It resolves, with pip's own
@@ -15,8 +16,8 @@ resolver and without installing anything (`pip install --dry-run --ignore-instal
     train:  the package with its `render` extra (dependencies from pyproject.toml) + the dvc pin
             of the `pipeline` extra
     torch:  torch + torchvision, constrained to the versions of the train lock
-    render: the package's dependencies minus torch/torchvision + the `render` extra, constrained
-            to the versions of the train lock
+    render: the package's dependencies minus torch/torchvision + the `render` extra + the dvc pin,
+            constrained to the versions of the train lock
 The images install a lock with `pip install --no-deps -r <lock>`, so a lock must be complete;
 the training image runs `pip check` to prove it. Re-run after changing dependencies in
 pyproject.toml and bump containers/VERSION.
@@ -49,8 +50,19 @@ def req_name(req: str) -> str:
 def resolve(requirements: list[str], constraints: Path | None = None) -> dict[str, str]:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
-        cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-               "--disable-pip-version-check", "--report", str(report), *requirements]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--report",
+            str(report),
+            *requirements,
+        ]
         if constraints:
             cmd += ["-c", str(constraints)]
         subprocess.run(cmd, check=True, cwd=ROOT)
@@ -86,13 +98,23 @@ def main() -> None:
     train_lock = HERE / "requirements-train.lock"
     write(train_lock, train, "training image: the package + render extra + dvc")
     torch_pins = [f"{n}=={v}" for n, v in train.items() if n in HEAVY]
-    write(HERE / "requirements-torch.lock", resolve(torch_pins, constraints=train_lock),
-          "torch + torchvision and their dependencies (a subset of the train lock)")
+    write(
+        HERE / "requirements-torch.lock",
+        resolve(torch_pins, constraints=train_lock),
+        "torch + torchvision and their dependencies (a subset of the train lock)",
+    )
+    # + dvc: every Snakemake rule runs its stage as `dvc repro --single-item`, render rules too;
     # + setuptools, the build backend, so the package installs with --no-build-isolation (offline)
-    render_reqs = [r for r in deps if req_name(r) not in HEAVY] + extras.get("render", []) + ["setuptools"]
+    render_reqs = [r for r in deps if req_name(r) not in HEAVY] + extras.get("render", []) + dvc + ["setuptools"]
     render = resolve(render_reqs, constraints=train_lock)
-    write(HERE / "requirements-render.lock", render,
-          "render image: the package's dependencies without torch/torchvision + render extra")
+    leaked = HEAVY & set(render)
+    if leaked:
+        sys.exit(f"the render lock would contain {sorted(leaked)}: something pulls in torch")
+    write(
+        HERE / "requirements-render.lock",
+        render,
+        "render image: the package's dependencies without torch/torchvision + render extra + dvc",
+    )
 
 
 if __name__ == "__main__":

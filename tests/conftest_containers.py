@@ -11,7 +11,8 @@ Reuse them from another test module with
 `ensure_built_images()` runs containers/build.sh once per pytest process (it is idempotent and
 cached: seconds when nothing changed) and returns
 {"train": "localhost/resnet-repro-train:<VERSION>", "render": ...}; it skips the test only when
-podman is missing and cannot be installed (not root, or no apt-get).
+podman is missing and cannot be installed (not root, or no apt-get), and fails it when an image's
+package source (label org.resnet-repro.source-sha256) is not the working tree's.
 
 Apptainer is not installable on the CI machine: `stand_in_env()` puts tests/container/ first on
 PATH, where `apptainer` is a TEST-ONLY STAND-IN that runs `apptainer exec IMAGE CMD` as
@@ -22,6 +23,7 @@ rule's command inside its podman image.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import shutil
 import subprocess
@@ -49,6 +51,29 @@ def image_tag(name: str) -> str:
 def image_uri(name: str) -> str:
     """What a Snakefile's `container:` directive names, e.g. docker://localhost/resnet-repro-train:0.1.0."""
     return f"docker://{image_tag(name)}"
+
+
+SOURCE_LABEL = "org.resnet-repro.source-sha256"
+
+
+def source_sha256(root: Path = ROOT) -> str:
+    """Hash of the package source the images' package layer copies; the same as containers/build.sh
+    computes (sha256sum of every file of src/ but __pycache__, pyproject.toml and README.md, sorted
+    by path in byte order, then sha256 of that listing) and stores as the image label SOURCE_LABEL."""
+    files = [
+        p
+        for p in (root / "src").rglob("*")
+        if p.is_file() and not p.is_symlink() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
+    ]
+    files += [root / name for name in ("pyproject.toml", "README.md") if (root / name).is_file()]
+    rels = sorted((p.relative_to(root).as_posix() for p in files), key=lambda rel: rel.encode())
+    listing = "".join(f"{hashlib.sha256((root / rel).read_bytes()).hexdigest()}  {rel}\n" for rel in rels)
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def image_label(tag: str, label: str) -> str:
+    proc = podman("image", "inspect", "--format", f'{{{{index .Labels "{label}"}}}}', tag)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
 def stand_in_env(base: dict[str, str] | None = None) -> dict[str, str]:
@@ -116,4 +141,15 @@ def ensure_built_images() -> dict[str, str]:
     rc, tail = _build(" ".join(IMAGES))
     if rc != 0:
         pytest.fail(f"containers/build.sh failed (exit {rc}):\n{tail}", pytrace=False)
-    return {name: image_tag(name) for name in IMAGES}
+    tags = {name: image_tag(name) for name in IMAGES}
+    # The images hold an installed copy of the package: a test must not run yesterday's code.
+    want = source_sha256()
+    for tag in tags.values():
+        have = image_label(tag, SOURCE_LABEL)
+        if have != want:
+            pytest.fail(
+                f"{tag} holds package source {have or '(no label)'}, the working tree is {want}: the image is "
+                "stale (was src/ changed while containers/build.sh ran?); re-run containers/build.sh",
+                pytrace=False,
+            )
+    return tags

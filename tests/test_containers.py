@@ -8,7 +8,9 @@ CMD` as `podman run ... IMAGE CMD` with Apptainer's binds; on a real cluster the
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import tomllib
+import yaml
 from conftest_containers import (
     CONTAINERS,
     IMAGES,
@@ -25,6 +28,7 @@ from conftest_containers import (
     ensure_built_images,
     image_uri,
     image_version,
+    podman,
     podman_installable,
     podman_run,
     run_snakemake,
@@ -130,6 +134,9 @@ def test_render_image_is_light(built_images):
     proc = podman_run(built_images["render"], "python", "-c", code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.lower().split() == ["agg", "true"], proc.stdout
+    # every pipeline rule runs `dvc repro --single-item`, render rules too
+    proc = podman_run(built_images["render"], "dvc", "--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == read_lock("train")["dvc"], proc.stdout + proc.stderr
 
 
 def test_render_image_runs_cli_help(built_images):
@@ -299,3 +306,127 @@ def test_broken_dockerfile_fails_build_clearly(built_images, tmp_path, breakage)
     assert breakage.split()[0] in proc.stdout or "exit status 7" in proc.stdout, proc.stdout
     exists = subprocess.run(["podman", "image", "exists", "localhost/resnet-repro-render:0.0.0-broken-test"])
     assert exists.returncode == 1
+
+
+# --- the real pipeline: the demo's train and render steps inside the images -----------------
+
+# The image each rule names (Snakefile: `container: TRAIN_IMAGE` for all rules; workflow/rules/render.smk:
+# RENDER_IMAGE for the render and summary rules).
+STAGE_IMAGE = {
+    "prepare": "train",
+    "train": "train",
+    "evaluate": "train",
+    "responses": "train",
+    "render": "render",
+    "summary": "render",
+}
+MAY_USE_EITHER: tuple[str, ...] = ()
+HOST_TOOLS = ("dvc", "resnet-repro", "snakemake")
+
+
+def stage_kind(stage: str) -> str:
+    return stage.split("-", 1)[0]
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_runs_its_steps_inside_the_images(built_images, tmp_path):
+    """`snakemake all --sdm apptainer` on a tiny experiment (digits, plain8 + resnet8, 20 iterations)
+    in a fresh git workspace: every job, each `dvc repro --single-item <stage>`, runs inside its
+    image through tests/container/apptainer (the TEST-ONLY Apptainer stand-in), and the results are
+    complete, owned by the caller and accepted by DVC on the host."""
+    pytest.importorskip("snakemake")
+    from test_pipeline import TINY_CONFIG, make_workspace
+
+    workspace = make_workspace(tmp_path / "ws", TINY_CONFIG)
+    # container_image() reads the tag from containers/VERSION in the working directory
+    (workspace / "containers").mkdir()
+    shutil.copy2(CONTAINERS / "VERSION", workspace / "containers" / "VERSION")
+    for args in (["add", "containers/VERSION"], ["commit", "-qm", "image version"]):
+        subprocess.run(["git", *args], cwd=workspace, check=True, capture_output=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workspace, check=True, capture_output=True, text=True)
+
+    # A PATH without the test venv: the host has no dvc or resnet-repro, so a step can only find
+    # them inside an image. Snakemake runs from the venv's interpreter; the stand-in uses python3.
+    record = tmp_path / "apptainer-standin.jsonl"
+    env = {**os.environ, "APPTAINER_STANDIN_LOG": str(record)}
+    env["PATH"] = os.pathsep.join(
+        [str(ROOT / "tests" / "container"), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+    )
+    for tool in HOST_TOOLS:
+        assert shutil.which(tool, path=env["PATH"]) is None, f"{tool} is on the host PATH of this test"
+    env.pop("VIRTUAL_ENV", None)
+    cmd = [sys.executable, "-m", "snakemake", "all", "--cores", "2", "--sdm", "apptainer"]  # --sdm last
+    proc = subprocess.run(cmd, cwd=workspace, env=env, capture_output=True, text=True, timeout=900)
+    logs = "\n".join(
+        f"--- {p.relative_to(workspace)}\n{p.read_text(errors='replace')[-3000:]}"
+        for p in sorted((workspace / "logs").rglob("*.log"))
+    )
+    assert proc.returncode == 0, (
+        f"snakemake --sdm apptainer failed:\n{proc.stdout[-5000:]}{proc.stderr[-5000:]}\n{logs}"
+    )
+
+    # 1. Every DVC stage of the workspace ran once, as a container job, in the image its rule names.
+    stages = yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"]
+    runs = [json.loads(line) for line in record.read_text().splitlines()]
+    ran: dict[str, dict] = {}
+    for entry in runs:
+        match = re.search(r"dvc --wait-for-lock repro --single-item (\S+)", " ".join(entry["command"]))
+        assert match, f"the stand-in ran something other than a pipeline step: {entry}"
+        assert match.group(1) not in ran, f"{match.group(1)} ran twice"
+        ran[match.group(1)] = entry
+    assert sorted(ran) == sorted(stages), f"stages run in containers: {sorted(ran)}, dvc.yaml: {sorted(stages)}"
+    ids = {
+        name: podman("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip()
+        for name, tag in built_images.items()
+    }
+    image_of = {}
+    for stage, entry in ran.items():
+        kind = next((name for name, image_id in ids.items() if entry["image_id"] == image_id), None)
+        assert kind, f"{stage} ran in {entry['image']} ({entry['image_id'][:12]}), not a freshly built image"
+        image_of[stage] = kind
+        want = STAGE_IMAGE.get(stage_kind(stage))
+        if stage_kind(stage) not in MAY_USE_EITHER:
+            assert kind == want, f"{stage} ran in the {kind} image, its rule names the {want} image"
+        # Apptainer's semantics: the caller's uid/gid, the workspace bound at the same path, read-only image
+        assert entry["user"] == f"{os.getuid()}:{os.getgid()}" and entry["read_only"], entry
+        assert entry["workdir"] == str(workspace) and entry["binds"][str(workspace)] == str(workspace), entry
+    assert {"train-digits-plain8-seed0", "train-digits-resnet8-seed0", "render-tiny", "summary"} <= set(ran)
+    assert image_of["summary"] == "render"
+
+    # 2. The outputs are complete and came from inside the images: the provenance names the image's
+    #    Python (Debian's, in /opt/venv), and git ran inside to read the workspace's commit.
+    image_python = podman_run(
+        built_images["train"], "python", "-c", "import platform; print(platform.python_version())"
+    )
+    image_python = image_python.stdout.strip()
+    for model in ("plain8", "resnet8"):
+        metrics = json.loads((workspace / f"results/digits/{model}/seed0/metrics.json").read_text())
+        assert metrics["test_error"] < 0.9, metrics["test_error"]
+        provenance = metrics["provenance"]
+        assert provenance["python_version"] == image_python, provenance
+        assert provenance["git_commit"] == head.stdout.strip(), provenance
+        assert provenance["train_device"] == "cpu", provenance
+        log = (workspace / f"logs/train/digits/{model}/seed0.log").read_text()
+        assert f"Running stage 'train-digits-{model}-seed0'" in log, log
+    if platform.python_version() != image_python:  # a host with the image's exact Python proves less here
+        assert image_python.startswith("3.11.") and platform.python_version() != image_python
+    for stage in ("render-tiny", "summary"):
+        for out in stages[stage]["outs"]:
+            path = workspace / (next(iter(out)) if isinstance(out, dict) else out)
+            assert path.exists() and (path.is_dir() or path.stat().st_size > 0), f"{stage} did not write {path}"
+    assert "Running stage 'render-tiny'" in (workspace / "logs/render/tiny.log").read_text()
+    assert any((workspace / "results/tiny/figures").glob("*.png"))
+
+    # 3. Files written inside the containers belong to the caller (Apptainer runs as the calling user).
+    foreign = [str(p.relative_to(workspace)) for p in workspace.rglob("*") if p.lstat().st_uid != os.getuid()]
+    assert not foreign, f"owned by another user: {foreign[:10]}"
+
+    # 4. DVC inside the containers wrote dvc.lock and .dvc/tmp in the bound workspace; the host's DVC agrees.
+    lock = yaml.safe_load((workspace / "dvc.lock").read_text())["stages"]
+    assert sorted(lock) == sorted(stages)
+    status = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), "status"], cwd=workspace, capture_output=True, text=True, timeout=300
+    )
+    assert status.returncode == 0 and "Data and pipelines are up to date" in status.stdout, (
+        status.stdout + status.stderr
+    )

@@ -40,6 +40,8 @@ for _experiment in PLAN.experiments:
             stage=_stage,  # bound now: a loop variable in shell: would bind late
         log:
             f"logs/render/{_experiment}.log",
+        container:
+            RENDER_IMAGE
         threads: 1
         shell:
             "dvc --wait-for-lock repro --single-item {params.stage} > {log} 2>&1"
