@@ -8,6 +8,13 @@ Files in the run folder:
                    loss/error, images/s
     epochs.csv     one row per completed epoch: train loss/error over the epoch
 Everything that must be bitwise reproducible (model.pt, the losses and errors) is independent of timing.
+
+Speed: the whole prepared dataset lives on the training device and batches are augmented there (StepRunner); bf16
+autocast and channels-last where the device has fast bf16 (CUDA; CPUs with AMX or AVX512-BF16); on CUDA also
+cudnn.benchmark, a fused SGD step and, for runs of >= 2000 iterations, torch.compile with CUDA graphs.
+Reproducibility: on CPU the default path is bitwise reproducible for a given thread count (tests/test_speed.py).
+On CUDA, cudnn.benchmark's algorithm choice and atomic adds in some backward kernels make two runs agree to noise,
+not to the bit; `precision: fp32` does not change that, and `compile: off` only removes compile's own choices.
 """
 
 from __future__ import annotations
@@ -53,6 +60,13 @@ TIMING_FIELDS = {"images_per_s", "elapsed_s"}
 
 
 # ------------------------------------------------------------------------------------------- device choices
+# torch.compile's mode per device type. On CUDA, "reduce-overhead" replays each compiled step as a CUDA graph:
+# a CIFAR ResNet step at batch 128 is a few hundred small kernels, so kernel launches, not math, bound it there.
+# The environment variable RESNET_REPRO_COMPILE_MODE overrides it (e.g. "max-autotune-no-cudagraphs"); speed only,
+# so it is not part of a run's identity.
+COMPILE_MODES = {"cuda": "reduce-overhead", "cpu": "default"}
+
+
 @dataclass(frozen=True)
 class Runtime:
     device: torch.device
@@ -60,6 +74,7 @@ class Runtime:
     channels_last: bool
     compile: bool
     note: str  # why these were chosen, for the log and provenance
+    compile_mode: str = "default"
 
     def autocast(self):
         if not self.bf16:
@@ -96,8 +111,19 @@ def choose_runtime(settings: TrainSettings, device: torch.device) -> Runtime:
         if settings.compile == "auto"
         else settings.compile == "on"
     )
-    note += f", {'channels-last' if channels_last else 'NCHW'}, {'compiled' if compile_on else 'eager'}"
-    return Runtime(device, bf16, channels_last, compile_on, note)
+    mode = os.environ.get("RESNET_REPRO_COMPILE_MODE") or COMPILE_MODES.get(device.type, "default")
+    note += f", {'channels-last' if channels_last else 'NCHW'}, {f'compiled ({mode})' if compile_on else 'eager'}"
+    return Runtime(device, bf16, channels_last, compile_on, note, mode)
+
+
+def configure_backends(runtime: Runtime) -> None:
+    """Process-wide switches that speed up CUDA without changing results beyond bf16/TF32 rounding."""
+    if runtime.device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution algorithm once
+    if runtime.bf16:
+        # The fast path already accepts reduced precision; TF32 for the fp32 matmuls left outside autocast.
+        torch.set_float32_matmul_precision("high")
 
 
 # ------------------------------------------------------------------------------------------- augmentation
@@ -135,7 +161,10 @@ class DeviceData:
         flips = torch.rand(n, generator=generator) < 0.5
         if not self.flip:
             flips.zero_()
-        return order.to(self.device), offsets.to(self.device), flips.to(self.device)
+        if self.device.type == "cuda":  # pinned + non-blocking: the copy does not stall the queued steps
+            order, offsets, flips = (t.pin_memory() for t in (order, offsets, flips))
+        move = {"device": self.device, "non_blocking": self.device.type == "cuda"}
+        return order.to(**move), offsets.to(**move), flips.to(**move)
 
     def batch(self, index: Tensor, offsets: Tensor, flips: Tensor) -> tuple[Tensor, Tensor]:
         """Normalize, zero-pad, random-crop and flip a batch in one pass of tensor ops."""
@@ -198,9 +227,9 @@ def load_checkpoint(path: Path) -> dict:
 class ProgressLog:
     """A one-line bar with ETA on a terminal; plain lines at each evaluation otherwise (cluster logs)."""
 
-    def __init__(self, total: int, stream=sys.stderr) -> None:
-        self.total, self.stream = total, stream
-        self.tty = stream.isatty()
+    def __init__(self, total: int, stream=None) -> None:
+        self.total, self.stream = total, stream or sys.stderr  # looked up now, not at import
+        self.tty = self.stream.isatty()
         self.last_draw = 0.0
 
     def line(self, text: str) -> None:
@@ -256,6 +285,93 @@ def evaluate_arrays(
     return torch.cat(outputs).cpu(), data.test_y.cpu()
 
 
+def build_training(
+    model_name: str, settings: TrainSettings, data: PreparedData, device: torch.device, seed: int
+) -> tuple[nn.Module, torch.optim.Optimizer, DeviceData, Runtime]:
+    """The model (seeded, on the device, in the runtime's memory format), its optimizer, the device-resident
+    data and the runtime choices: everything a run needs before its first step (the benchmark uses it too)."""
+    runtime = choose_runtime(settings, device)
+    configure_backends(runtime)
+    torch.manual_seed(seed)
+    size = int(data.meta["image_size"])
+    model = build_model(model_name, data.num_classes, int(data.meta["channels"]), size, **settings.model_options)
+    model.to(device)
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    device_data = DeviceData(data, settings, device)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+        # One fused kernel for all parameters on CUDA; CPU keeps the default (bitwise-stable) implementation.
+        **({"fused": True} if device.type == "cuda" else {}),
+    )
+    return model, optimizer, device_data, runtime
+
+
+class StepRunner:
+    """The trainer's optimizer step: the batch of `iteration` from the epoch's (seed, epoch) randomness, assembled
+    on the device, then forward, backward and update. Nothing here waits for the device."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        data: DeviceData,
+        runtime: Runtime,
+        seed: int,
+        batch: int,
+    ) -> None:
+        self.model, self.optimizer, self.data, self.runtime = model, optimizer, data, runtime
+        self.seed, self.batch = seed, batch
+        self.steps_per_epoch = len(data.train_y) // batch
+        self._epoch: tuple[int, tuple[Tensor, Tensor, Tensor]] | None = None
+        self.forward: Callable[[Tensor], Tensor] = model
+        # Cudagraph trees need to know where a step begins when outputs of the last one may still be referenced.
+        on_cuda = runtime.device.type == "cuda"
+        self.cudagraphs = runtime.compile and on_cuda and "reduce-overhead" in runtime.compile_mode
+        if runtime.compile:
+            # dynamic=False: the training batch has one shape; never trade speed for shape-generic kernels.
+            self.forward = torch.compile(model, mode=runtime.compile_mode, dynamic=False)
+
+    def batch_at(self, iteration: int) -> tuple[Tensor, Tensor]:
+        """Normalized, augmented images and labels of the batch trained at `iteration`."""
+        epoch, position = divmod(iteration, self.steps_per_epoch)
+        if self._epoch is None or self._epoch[0] != epoch:
+            self._epoch = (epoch, self.data.epoch_randomness(self.seed, epoch))
+        order, offsets, flips = self._epoch[1]
+        index = order[position * self.batch : (position + 1) * self.batch]
+        x, y = self.data.batch(index, offsets[index], flips[index])
+        if self.runtime.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def step(self, iteration: int, lr: float) -> tuple[Tensor, Tensor]:
+        """Train on the batch of `iteration` at learning rate `lr`; return its loss and the number of wrong
+        predictions, as device tensors (reading them is what synchronizes)."""
+        x, y = self.batch_at(iteration)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        with self.runtime.autocast():
+            logits = self.forward(x)
+            loss = F.cross_entropy(logits.float(), y)
+        wrong = (logits.detach().argmax(1) != y).sum()  # before backward: CUDA-graph outputs are reused memory
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach(), wrong
+
+    def run(self, start: int, count: int, lr_at: Callable[[int], float]) -> Tensor:
+        """`count` steps from iteration `start` (for benchmarks): their losses, on the device, unsynchronized."""
+        losses = torch.empty(count, device=self.data.device)
+        for offset in range(count):
+            losses[offset] = self.step(start + offset, lr_at(start + offset))[0]
+        return losses
+
+
 def _stop_requested() -> Callable[[], int | None]:
     """Install handlers that record a stop request; return a probe giving the signal number, if any."""
     received: list[int] = []
@@ -270,31 +386,24 @@ def _stop_requested() -> Callable[[], int | None]:
 
 def train(spec: RunSpec, log: ProgressLog | None = None) -> Path:
     """Train one run to completion (resuming a matching checkpoint) and return the path of model.pt."""
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    try:
+        return _train(spec, log)
+    finally:  # in-process callers (tests, notebooks) get their own handlers back
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _train(spec: RunSpec, log: ProgressLog | None) -> Path:
     settings, out = spec.settings, Path(spec.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(spec.device)
-    runtime = choose_runtime(settings, device)
     data = load_prepared(spec.data_dir, settings.split)
     run_id = settings_hash(spec.model, data.meta["sha256"], spec.seed, settings)
     log = log or ProgressLog(settings.iterations)
     stop_signal = _stop_requested()
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-
-    torch.manual_seed(spec.seed)
+    model, optimizer, device_data, runtime = build_training(spec.model, settings, data, device, spec.seed)
     size = int(data.meta["image_size"])
-    model = build_model(spec.model, data.num_classes, int(data.meta["channels"]), size, **settings.model_options)
-    model.to(device)
-    if runtime.channels_last:
-        model.to(memory_format=torch.channels_last)
-    device_data = DeviceData(data, settings, device)
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=settings.lr,
-        momentum=settings.momentum,
-        weight_decay=settings.weight_decay,
-        **({"fused": True} if device.type == "cuda" else {}),
-    )
 
     state: dict[str, Any] = {
         "iteration": 0,
@@ -333,25 +442,23 @@ def train(spec: RunSpec, log: ProgressLog | None = None) -> Path:
             payload["rng_cuda"] = torch.cuda.get_rng_state()
         atomic_torch_save(payload, checkpoint_path)
 
-    step_model: Callable[[Tensor], Tensor] = model
+    n = len(device_data.train_y)
+    batch = min(settings.batch_size, n)
+    stepper = StepRunner(model, optimizer, device_data, runtime, spec.seed, batch)
     if runtime.compile:
         started = time.monotonic()
-        step_model = torch.compile(model)
-        log.line("torch.compile enabled: the first steps include compilation")
+        log.line(f"torch.compile enabled (mode {runtime.compile_mode}): the first steps include compilation")
     log.line(
         f"training {spec.model} ({count_parameters(model):,} parameters) on {data.meta['name']} "
         f"[{len(device_data.train_y)} train / {len(device_data.test_y)} {settings.split}], seed {spec.seed}, "
         f"{settings.iterations} iterations, device {device} ({runtime.note}), run {run_id}"
     )
 
-    n = len(device_data.train_y)
-    batch = min(settings.batch_size, n)
-    steps_per_epoch = n // batch
+    steps_per_epoch = stepper.steps_per_epoch
     checkpoint_every = settings.checkpoint_every or settings.eval_every
     window = torch.zeros(settings.check_every, device=device)  # per-iteration losses since the last check
     window_wrong = torch.zeros(settings.check_every, dtype=torch.long, device=device)
     window_start = state["iteration"]
-    epoch_cache: tuple[int, tuple[Tensor, Tensor, Tensor]] | None = None
     clock = time.monotonic()
     clock_iteration = state["iteration"]
     compile_reported = not runtime.compile
@@ -389,26 +496,10 @@ def train(spec: RunSpec, log: ProgressLog | None = None) -> Path:
 
     while state["iteration"] < settings.iterations:
         iteration = state["iteration"]
-        epoch, position = divmod(iteration, steps_per_epoch)
-        if epoch_cache is None or epoch_cache[0] != epoch:
-            epoch_cache = (epoch, device_data.epoch_randomness(spec.seed, epoch))
-        order, offsets, flips = epoch_cache[1]
-        index = order[position * batch : (position + 1) * batch]
-        x, y = device_data.batch(index, offsets[index], flips[index])
-        if runtime.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-
         lr = settings.lr_at(iteration) if state["warmup_done"] else settings.warmup["lr"]
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with runtime.autocast():
-            logits = step_model(x)
-            loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        window[iteration - window_start] = loss.detach()
-        window_wrong[iteration - window_start] = (logits.detach().argmax(1) != y).sum()
+        loss, wrong = stepper.step(iteration, lr)
+        window[iteration - window_start] = loss
+        window_wrong[iteration - window_start] = wrong
         state["iteration"] = iteration = iteration + 1
 
         if not compile_reported:
