@@ -45,4 +45,5 @@ rule demo:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/imagenet.smk"
 include: "workflow/rules/render.smk"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import os
 import sys
 from pathlib import Path
 
@@ -93,13 +94,96 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate
+    from .imagenet import is_index
 
     run = Path(args.run)
     out = Path(args.out) if args.out else run / "metrics.json"
+    if is_index(args.data):  # ImageNet: streamed from the image folder, 10-crop testing
+        from .imagenet import evaluate as evaluate_imagenet
+
+        metrics = evaluate_imagenet(run / "model.pt", Path(args.data), out, args.device, args.workers)
+        print(f"{out}: 10-crop error {metrics['test_error']:.4f}, centre crop {metrics['single_crop_error']:.4f}")
+        return 0
+    from .evaluate import evaluate
+
     metrics = evaluate(run / "model.pt", Path(args.data), out, args.device)
     print(f"{out}: test error {metrics['test_error']:.4f}, loss {metrics['test_loss']:.4f}")
     return 0
+
+
+def cmd_index_imagenet(args: argparse.Namespace) -> int:
+    from .imagenet import build_index, load_index
+
+    out = build_index(Path(args.path), Path(args.out))
+    meta = load_index(out).meta
+    print(f"{out}: {meta['num_classes']} classes, {meta['counts']['train']} train / {meta['counts']['val']} val images")
+    return 0
+
+
+def cmd_imagenet_val_layout(args: argparse.Namespace) -> int:
+    from .imagenet import layout_val
+
+    placed = layout_val(Path(args.devkit), Path(args.images), Path(args.out))
+    print(f"{args.out}: {placed} validation images sorted into class folders")
+    return 0
+
+
+def _distributed_options(args: argparse.Namespace) -> dict:
+    """The experiment's `distributed` block when --config is given, else the defaults."""
+    from .pipeline import DISTRIBUTED_DEFAULTS, distributed_options, load_plan
+
+    if not args.config:
+        return dict(DISTRIBUTED_DEFAULTS)
+    plan = load_plan(args.config)
+    if args.experiment not in plan.experiments:
+        raise ConfigError(f"experiment {args.experiment!r} is not an enabled experiment of {args.config}")
+    return distributed_options(plan.config, args.experiment)
+
+
+def cmd_train_imagenet(args: argparse.Namespace) -> int:
+    from .distributed import DistSpec, train_distributed
+    from .settings import resolve_settings
+
+    if args.config:
+        from .pipeline import run_settings
+
+        if not args.experiment:
+            raise ConfigError("--config needs --experiment (the experiment defining this run)")
+        if args.set or args.schedule:
+            raise ConfigError("--config takes the schedule and settings from the config; drop --schedule/--set")
+        settings = run_settings(args.config, args.experiment, args.model)
+    else:
+        settings = resolve_settings(args.schedule or "imagenet_paper", _parse_overrides(args.set))
+    _validate_model(args.model)
+    options = _distributed_options(args)
+    spec = DistSpec(
+        args.model,
+        args.seed,
+        settings,
+        Path(args.data),
+        Path(args.out),
+        args.device or options["device"],
+        options["workers"] if args.workers is None else args.workers,
+        options["sync_bn"] if args.sync_bn is None else args.sync_bn,
+    )
+    path = train_distributed(spec)
+    if int(os.environ.get("RANK", 0)) == 0:  # one line from the job, not one per rank
+        print(path)
+    return 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from .distributed import launch
+
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise ConfigError("launch needs the command to run, e.g. `launch --nproc-per-node 2 -- train-imagenet ...`")
+    options = _distributed_options(args)
+    nodes = args.nodes or options["nodes"]
+    per_node = args.nproc_per_node or options["processes_per_node"]
+    return launch(nodes, per_node, command, args.port, args.agent, options["device"])
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -200,7 +284,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="prepared dataset folder it was trained on")
     p.add_argument("--out", help="metrics file (default: <run>/metrics.json)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=4, help="ImageNet: DataLoader workers decoding JPEGs (default 4)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("index-imagenet", help="check a local ImageNet folder and write its index (no copy)")
+    p.add_argument("--path", required=True, help="ILSVRC-2012 folder with train/<wnid>/*.JPEG and val/<wnid>/*.JPEG")
+    p.add_argument("--out", required=True, help="index folder to write (meta.json, train.tsv, val.tsv)")
+    p.set_defaults(func=cmd_index_imagenet)
+
+    p = sub.add_parser("imagenet-val-layout", help="sort the official flat validation images into val/<wnid>/")
+    p.add_argument("--devkit", required=True, help="ILSVRC2012_devkit_t12.tar.gz (meta.mat and the ground truth)")
+    p.add_argument("--images", required=True, help="ILSVRC2012_img_val.tar, or the folder it was extracted to")
+    p.add_argument("--out", required=True, help="the val/ folder to fill (e.g. /data/imagenet/val)")
+    p.set_defaults(func=cmd_imagenet_val_layout)
+
+    p = sub.add_parser(
+        "train-imagenet",
+        help="train one model from the streaming ImageNet loader; one rank of a torchrun job (see `launch`)",
+    )
+    p.add_argument("--model", required=True, help="registered model name (see `resnet-repro models`)")
+    p.add_argument("--data", required=True, help="ImageNet index folder (`resnet-repro index-imagenet`)")
+    p.add_argument("--out", required=True, help="run folder (model.pt, history.csv, epochs.csv)")
+    p.add_argument("--schedule", help="named schedule (default: imagenet_paper)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a schedule setting")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="auto (CUDA + NCCL if present, else CPU + gloo), cpu or cuda")
+    p.add_argument("--workers", type=int, help="DataLoader workers per process (default: config or 4)")
+    p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None, help="SyncBatchNorm")
+    p.add_argument("--config", help="take schedule, settings and distributed options from this config.yaml")
+    p.add_argument("--experiment", help="with --config: the experiment defining this run")
+    p.set_defaults(func=cmd_train_imagenet)
+
+    p = sub.add_parser(
+        "launch",
+        help="run a command data-parallel: torchrun --standalone on one machine, srun + torchrun across SLURM nodes",
+    )
+    p.add_argument("--nodes", type=int, help="torchrun agents, one per node (default: config or 1)")
+    p.add_argument("--nproc-per-node", type=int, help="processes per node, one per GPU (default: config or 1)")
+    p.add_argument("--port", type=int, help="rendezvous port for several nodes (default 20000 + job id %% 10000)")
+    p.add_argument("--config", help="take nodes and processes from this config.yaml's experiment")
+    p.add_argument("--experiment", help="with --config: the experiment")
+    p.add_argument("--agent", action="store_true", help=argparse.SUPPRESS)  # one srun task: run its torchrun agent
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- then the resnet-repro subcommand and its options")
+    p.set_defaults(func=cmd_launch)
     p = sub.add_parser("render", help="figures, tables and the verdict of one experiment (from its runs' files)")
     p.add_argument("--config", default="config.yaml")
     p.add_argument("--experiment", required=True, help="experiment name in the config (e.g. demo, cifar10_depth)")

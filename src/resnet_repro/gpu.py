@@ -84,3 +84,48 @@ def acquire_gpu_slot(timeout: float = 24 * 3600, poll: float = 0.5, lock_dir: Pa
             print(f"all {slots} GPU slots are busy; waiting for one ({folder})", file=sys.stderr)
             announced = True
         time.sleep(poll)
+
+
+def acquire_gpu_slots(
+    count: int, timeout: float = 24 * 3600, poll: float = 0.5, lock_dir: Path | None = None
+) -> list[GpuSlot]:
+    """Take `count` free GPU slots at once (a multi-GPU job: torchrun with one process per GPU) and export
+    CUDA_VISIBLE_DEVICES listing them; [] when there is nothing to arbitrate. All or nothing: partial grabs are
+    released before waiting, so two multi-GPU jobs never deadlock holding half each."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        return []
+    slots = count_gpus()
+    if slots <= 0:
+        return []
+    if count > slots:
+        raise ReproError(f"{count} GPUs requested but this machine has {slots}")
+    folder = lock_dir or default_lock_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    announced = False
+    while True:
+        taken: list[GpuSlot] = []
+        for index in range(slots):
+            handle = open(folder / f"gpu{index}.lock", "a+")
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            taken.append(GpuSlot(index, folder / f"gpu{index}.lock", handle))
+            if len(taken) == count:
+                for slot in taken:
+                    slot.handle.seek(0)
+                    slot.handle.truncate()
+                    slot.handle.write(f"{os.getpid()}\n")
+                    slot.handle.flush()
+                os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(slot.index) for slot in taken)
+                return taken
+        for slot in taken:
+            slot.release()
+        if time.monotonic() > deadline:
+            raise ReproError(f"no {count} free GPU slots among {slots} in {folder} after {timeout:.0f} s")
+        if not announced:
+            print(f"waiting for {count} free GPU slots of {slots} ({folder})", file=sys.stderr)
+            announced = True
+        time.sleep(poll)

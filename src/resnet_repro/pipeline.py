@@ -196,14 +196,16 @@ def build_plan(config: dict, check_paths: bool = True) -> Plan:
         dataset = experiment["dataset"]
         if dataset not in datasets:
             raise ConfigError(f"config: {where}.dataset: {dataset!r} is not defined under datasets")
+        if "distributed" in experiment and dataset != "imagenet":
+            raise ConfigError(f"config: {where}.distributed: data-parallel training is for dataset imagenet only")
         if dataset == "imagenet":
             if not (datasets["imagenet"] or {}).get("path"):
                 raise ConfigError(
                     f"config: datasets.imagenet.path: experiment {name!r} is enabled but no local ImageNet path is "
                     "set (ImageNet cannot be downloaded automatically)"
                 )
-            raise ConfigError(f"config: {where}: ImageNet training is not available yet; set enabled: false")
-        if check_paths and dataset not in (*ARCHIVES, "digits"):
+            _check_imagenet(config, name, check_paths)
+        elif check_paths and dataset not in (*ARCHIVES, "digits"):
             local = Path(datasets[dataset]["path"])
             if not local.exists():
                 raise ConfigError(f"config: datasets.{dataset}.path: {local} does not exist")
@@ -244,6 +246,78 @@ def build_plan(config: dict, check_paths: bool = True) -> Plan:
                 runs.append(plan.runs[run.key])
         plan.experiments[name] = runs
     return plan
+
+
+# ------------------------------------------------------------------------------------------------ ImageNet
+IMAGENET = "imagenet"
+DISTRIBUTED_DEFAULTS: dict[str, Any] = {
+    "nodes": 1,  # torchrun agents, one per node (one srun task each); > 1 needs SLURM
+    "processes_per_node": 1,  # training processes per agent: one per GPU (gloo processes on CPU)
+    "device": "auto",  # auto: CUDA with NCCL where present, else CPU with gloo
+    "workers": 4,  # DataLoader workers (JPEG decoding) per process
+    "sync_bn": False,  # SyncBatchNorm: BN over the global batch (results independent of the process count)
+}
+
+
+def distributed_options(config: dict, experiment: str) -> dict[str, Any]:
+    """An experiment's data-parallel options (config `experiments.<name>.distributed`) with the defaults."""
+    return {**DISTRIBUTED_DEFAULTS, **(config["experiments"][experiment].get("distributed") or {})}
+
+
+def _check_imagenet(config: dict, experiment: str, check_paths: bool) -> None:
+    """What can be wrong before any job runs: the folder layout, and whether the batch divides into processes."""
+    options = distributed_options(config, experiment)
+    processes = options["nodes"] * options["processes_per_node"]
+    entry = config["experiments"][experiment]
+    if check_paths:
+        from .imagenet import validate_layout
+
+        validate_layout(config["datasets"]["imagenet"]["path"])
+    schedules = load_schedules(config.get("schedules") or {})
+    for model, model_entry in entry["models"].items():
+        schedule = model_entry.get("schedule", entry["schedule"])
+        values = {**schedules.get(schedule, {}), **entry.get("settings", {}), **model_entry.get("settings", {})}
+        batch = values.get("batch_size", TrainSettings.batch_size)
+        if batch % processes:
+            raise ConfigError(
+                f"config: experiments.{experiment}.models.{model}: the global batch {batch} does not divide into "
+                f"{processes} processes (distributed.nodes x distributed.processes_per_node)"
+            )
+        if "augment" in values:
+            from .imagenet import Augment
+
+            try:
+                Augment.from_settings(values["augment"])
+            except ConfigError as error:
+                raise ConfigError(f"config: experiments.{experiment}.models.{model}: {error}") from None
+
+
+def imagenet_resources(run: Run, config: dict) -> dict[str, Any]:
+    """Resources of an ImageNet training job: all its GPUs (locally `--resources gpu=N` counts them), CPUs for the
+    loader workers, and for several nodes the SLURM task layout (one srun task per node, each a torchrun agent).
+    Keys that do not apply are None (Snakemake drops them)."""
+    options = distributed_options(config, run.experiment)
+    nodes, per_node = options["nodes"], options["processes_per_node"]
+    base = train_resources(run)
+    gpus = 0 if options["device"] == "cpu" else nodes * per_node
+    multi = nodes > 1
+    return {
+        "gpu": gpus,
+        "runtime": int(base["runtime"] / max(1, gpus)) + 15 if gpus else base["runtime"],
+        "mem_mb": 12000 * per_node,  # per node: a process, its CUDA context and its workers' prefetched batches
+        "cpus_per_task": per_node * (options["workers"] + 1),
+        "nodes": nodes if multi else None,
+        # The job step plugin runs an "mpi" job's command without wrapping it in `srun -n1`: launch runs srun itself.
+        "mpi": "srun" if multi else None,
+        "tasks": nodes if multi else None,
+        "tasks_per_gpu": 0 if multi else None,  # else the plugin turns `tasks` into --ntasks-per-gpu
+        # SLURM gives each of the N nodes at least one of the N tasks: one torchrun agent per node.
+        "slurm_extra": "--signal=TERM@300 --open-mode=append",
+    }
+
+
+def imagenet_index_dir() -> str:
+    return prepared_dir(IMAGENET)
 
 
 def validated(config: dict, schema_path: Path = SCHEMA_PATH) -> dict:
@@ -295,7 +369,17 @@ def dvc_stages(plan: Plan) -> dict[str, dict]:
     stages: dict[str, dict] = {}
     datasets_conf = plan.config["datasets"]
     for dataset in plan.datasets:
-        if dataset in ARCHIVES:
+        if dataset == IMAGENET:
+            # The copy lives outside the repository (not a DVC dependency); its path is a parameter, and the index
+            # records the copy's identity (a fingerprint of its file names and sizes).
+            stages["index-imagenet"] = {
+                "cmd": (
+                    f"resnet-repro index-imagenet --path {datasets_conf[dataset]['path']} --out {imagenet_index_dir()}"
+                ),
+                "params": [{"config.yaml": ["datasets.imagenet.path"]}],
+                "outs": [imagenet_index_dir()],
+            }
+        elif dataset in ARCHIVES:
             source = (datasets_conf.get(dataset) or {}).get("source", ARCHIVES[dataset].url)
             stages[f"fetch-{dataset}"] = {
                 "cmd": f"resnet-repro fetch {dataset} --source {source} --out {raw_archive(dataset)}",
@@ -320,13 +404,27 @@ def dvc_stages(plan: Plan) -> dict[str, dict]:
     for run in plan.runs.values():
         names = stage_names(run)
         params: list[Any] = [_schedule_param(run, plan.config)]
-        if run.param_keys:
-            params.insert(0, {"config.yaml": list(run.param_keys)})
-        stages[names["train"]] = {
-            "cmd": (
+        keys = list(run.param_keys)
+        distributed = plan.config["experiments"][run.experiment].get("distributed") or {}
+        if run.dataset == IMAGENET and "sync_bn" in distributed:
+            keys.append(f"experiments.{run.experiment}.distributed.sync_bn")  # changes the result; the rest is speed
+        if keys:
+            params.insert(0, {"config.yaml": keys})
+        if run.dataset == IMAGENET:
+            # The process layout is read from config.yaml at run time, not written into the command: changing the
+            # number of GPUs must not make DVC retrain a finished run.
+            experiment = f"--config config.yaml --experiment {run.experiment}"
+            cmd = (
+                f"resnet-repro launch {experiment} -- train-imagenet {experiment} --model {run.model} "
+                f"--seed {run.seed} --data {run.prepared} --out {run.folder}"
+            )
+        else:
+            cmd = (
                 f"resnet-repro train --config config.yaml --experiment {run.experiment} --model {run.model} "
                 f"--seed {run.seed} --data {run.prepared} --out {run.folder}"
-            ),
+            )
+        stages[names["train"]] = {
+            "cmd": cmd,
             "deps": [run.prepared],
             "params": params,
             "outs": list(run.files().values()),

@@ -1163,7 +1163,7 @@ def table2(results: ExperimentResults, refs: dict) -> Table:
         ["model", "top1_mean", "runs", "paper_top1", "status"],
         [
             Column("Model", lambda r: r["label"], "l"),
-            Column("Ours (1-crop)", lambda r: _fmt(r["top1_mean"])),
+            Column("Ours (10-crop)", lambda r: _fmt(r["top1_mean"])),
             Column("Paper (10-crop)", lambda r: _fmt(r["paper_top1"])),
             Column("Seeds", lambda r: r["status"], "l"),
         ],

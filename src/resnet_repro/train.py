@@ -384,6 +384,21 @@ def _stop_requested() -> Callable[[], int | None]:
     return lambda: received[0] if received else None
 
 
+def initial_state(settings: TrainSettings) -> dict[str, Any]:
+    """The resumable progress of a run (saved in checkpoints; plain Python values only)."""
+    return {
+        "iteration": 0,
+        "warmup_done": settings.warmup is None,
+        "history": [],
+        "epochs": [],
+        # Per-iteration losses and wrong counts since the last history row / epoch end / aligned check.
+        # Summed with math.fsum at the end, so where a stop split the windows cannot change a single bit.
+        "interval": {"losses": [], "wrong": 0},
+        "epoch_acc": {"losses": [], "wrong": 0},
+        "block": {"losses": [], "wrong": 0},
+    }
+
+
 def train(spec: RunSpec, log: ProgressLog | None = None) -> Path:
     """Train one run to completion (resuming a matching checkpoint) and return the path of model.pt."""
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
@@ -405,17 +420,7 @@ def _train(spec: RunSpec, log: ProgressLog | None) -> Path:
     model, optimizer, device_data, runtime = build_training(spec.model, settings, data, device, spec.seed)
     size = int(data.meta["image_size"])
 
-    state: dict[str, Any] = {
-        "iteration": 0,
-        "warmup_done": settings.warmup is None,
-        "history": [],
-        "epochs": [],
-        # Per-iteration losses and wrong counts since the last history row / epoch end / aligned check.
-        # Summed with math.fsum at the end, so where a stop split the windows cannot change a single bit.
-        "interval": {"losses": [], "wrong": 0},
-        "epoch_acc": {"losses": [], "wrong": 0},
-        "block": {"losses": [], "wrong": 0},
-    }
+    state = initial_state(settings)
     checkpoint_path = out / "checkpoint.pt"
     if checkpoint_path.exists():
         saved = load_checkpoint(checkpoint_path)

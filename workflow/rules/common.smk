@@ -17,3 +17,8 @@ def _flag(path):
         subcategory=item.subcategory,
         labels={"name": item.label, "file": path.rsplit("/", 1)[-1]},
     )
+
+
+def _imagenet_resources(wildcards):
+    """Resources of an ImageNet training job (see resnet_repro.pipeline.imagenet_resources)."""
+    return pipeline.imagenet_resources(PLAN.run("imagenet", wildcards.model, wildcards.seed), config)

@@ -1,0 +1,569 @@
+"""ImageNet (ILSVRC-2012) from a local image folder: layout checks, an index, a streaming loader, 10-crop testing.
+
+Expected layout (the path in config.yaml's datasets.imagenet.path):
+
+    <path>/train/<wnid>/*.JPEG     e.g. train/n01440764/n01440764_10026.JPEG (1000 folders, 1.28M images)
+    <path>/val/<wnid>/*.JPEG       e.g. val/n01440764/ILSVRC2012_val_00000293.JPEG (1000 folders, 50k images)
+
+The official training archive holds one tar per class: extract each `<wnid>.tar` into `train/<wnid>/`. The
+official validation archive is flat (50k JPEGs); `resnet-repro imagenet-val-layout` sorts it into class folders
+with the devkit's ground truth (see its help, or the README section "ImageNet").
+
+Nothing is copied: the index stage (`resnet-repro index-imagenet`) writes a small prepared folder
+
+    data/prepared/imagenet/meta.json   classes, counts, a fingerprint of the file list (names and sizes), the
+                                       source path, the RGB mean/std and colour PCA of a fixed sample of images
+    data/prepared/imagenet/train.tsv   <relative path>\\t<label> per training image, sorted
+    data/prepared/imagenet/val.tsv     the same for the validation images
+
+which every rank of a distributed run reads, so all ranks agree on the sample order without listing 1.28M files.
+
+Augmentation (paper section 3.4, after Krizhevsky et al. 2012): the shorter side is resized to a random size in
+[256, 480], a 224x224 crop is taken at random, flipped horizontally with probability 1/2, the standard (AlexNet)
+colour augmentation adds `eigvec @ (alpha * eigval)` with alpha ~ N(0, 0.1) per image, and the mean is subtracted.
+Mean: the paper subtracts a per-pixel mean image; with scale augmentation a crop covers a different part of a
+differently sized image every time, so the mean image of the training crops is spatially flat and equals the
+per-channel RGB mean. We subtract that per-channel mean (measured on a fixed sample of the training images by the
+index stage), without dividing by the std unless settings.normalize is "channel".
+Testing: the shorter side resized to 256, then the standard 10-crop (4 corners + centre, and their mirrors),
+softmax averaged over the crops (Table 2); the centre crop alone is the quick single-crop figure (Fig. 4's curves).
+
+Randomness: each sample's augmentation comes from a generator seeded by (run seed, epoch, sample index). Ranks see
+disjoint samples (DistributedSampler), so their augmentation streams are distinct; and since nothing depends on
+which rank or DataLoader worker decodes a sample, results do not depend on the number of GPUs or workers and a
+resumed run regenerates exactly what the interrupted one would have used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import signal
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, DataError
+
+JPEG_SUFFIXES = {".jpeg", ".jpg"}
+INDEX_FORMAT = "imagenet-index-1"
+STATS_SAMPLE = 1000  # images decoded by the index stage for the mean/std/PCA
+STATS_SIZE = 64  # they are resized to this square first (the statistics are of colours, not of detail)
+AUGMENT_DEFAULTS: dict[str, Any] = {"scale": [256, 480], "crop": 224, "flip": True, "color": 0.1, "test_resize": 256}
+LAYOUT_HINT = "expected train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (ILSVRC-2012 in image-folder layout)"
+
+
+# ------------------------------------------------------------------------------------------------- layout
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+    classes: list[str]
+
+
+def _class_dirs(split_dir: Path) -> tuple[list[str], list[str]]:
+    """Sub-folders and plain files directly in a split folder (hidden entries ignored)."""
+    folders, files = [], []
+    with os.scandir(split_dir) as entries:
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            (folders if entry.is_dir() else files).append(entry.name)
+    return sorted(folders), sorted(files)
+
+
+def _has_jpeg(folder: Path) -> bool:
+    with os.scandir(folder) as entries:  # stops at the first image: cheap even on network file systems
+        return any(Path(e.name).suffix.lower() in JPEG_SUFFIXES for e in entries)
+
+
+def validate_layout(path: Path | str, where: str = "datasets.imagenet.path") -> Layout:
+    """Check the folder layout without reading any image; raise a DataError naming what was expected.
+
+    Cheap enough for plan time (a scandir per class folder that stops at the first JPEG)."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise DataError(f"{where}: {root} does not exist; {LAYOUT_HINT}")
+    if not root.is_dir():
+        raise DataError(f"{where}: {root} is not a folder; {LAYOUT_HINT}")
+    found: dict[str, list[str]] = {}
+    for split in ("train", "val"):
+        split_dir = root / split
+        if not split_dir.is_dir():
+            raise DataError(f"{where}: {root} has no {split}/ folder; {LAYOUT_HINT}")
+        folders, files = _class_dirs(split_dir)
+        tars = [f for f in files if f.endswith(".tar")]
+        jpegs = [f for f in files if Path(f).suffix.lower() in JPEG_SUFFIXES]
+        if tars:
+            raise DataError(
+                f"{where}: {split_dir} holds {len(tars)} .tar files ({tars[0]}, ...): the official training archive "
+                f"has one tar per class; extract each <wnid>.tar into {split}/<wnid>/"
+            )
+        if jpegs and split == "val":
+            raise DataError(
+                f"{where}: {split_dir} holds {len(jpegs)} JPEGs directly (the official archive's flat layout); sort "
+                "them into val/<wnid>/ folders with `resnet-repro imagenet-val-layout` (uses the devkit's ground truth)"
+            )
+        if jpegs:
+            raise DataError(f"{where}: {split_dir} holds JPEGs directly ({jpegs[0]}); {LAYOUT_HINT}")
+        if not folders:
+            raise DataError(f"{where}: {split_dir} has no class folders; {LAYOUT_HINT}")
+        empty = [name for name in folders if not _has_jpeg(split_dir / name)]
+        if empty:
+            raise DataError(
+                f"{where}: {split_dir / empty[0]} has no .JPEG images ({len(empty)} such class folders); {LAYOUT_HINT}"
+            )
+        found[split] = folders
+    if found["train"] != found["val"]:
+        only_train = sorted(set(found["train"]) - set(found["val"]))
+        only_val = sorted(set(found["val"]) - set(found["train"]))
+        raise DataError(
+            f"{where}: train/ and val/ must have the same class folders; only in train/: {only_train[:5]}, "
+            f"only in val/: {only_val[:5]}"
+        )
+    return Layout(root, found["train"])
+
+
+# -------------------------------------------------------------------------------------------------- index
+@dataclass
+class Index:
+    """The prepared index folder: meta.json plus the sorted (path, label) lists of both splits."""
+
+    folder: Path
+    meta: dict
+    train: list[tuple[str, int]]
+    val: list[tuple[str, int]]
+
+    @property
+    def root(self) -> Path:
+        return Path(self.meta["root"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def sha256(self) -> str:
+        return str(self.meta["sha256"])
+
+
+def _list_split(root: Path, split: str, classes: list[str]) -> list[tuple[str, int, int]]:
+    """(relative path, label, size in bytes) of every JPEG, class folders listed in parallel (network file systems
+    answer many small requests better concurrently)."""
+
+    def one(label: int) -> list[tuple[str, int, int]]:
+        folder = root / split / classes[label]
+        with os.scandir(folder) as entries:
+            rows = [
+                (f"{split}/{classes[label]}/{e.name}", label, e.stat().st_size)
+                for e in entries
+                if Path(e.name).suffix.lower() in JPEG_SUFFIXES and e.is_file()
+            ]
+        return sorted(rows)
+
+    with ThreadPoolExecutor(16) as pool:
+        return [row for rows in pool.map(one, range(len(classes))) for row in rows]
+
+
+def _color_stats(root: Path, paths: list[str]) -> dict[str, list]:
+    """Per-channel mean and std and the RGB covariance eigen-decomposition (AlexNet's colour PCA), on [0, 1]
+    pixel values of a fixed, evenly spaced sample of training images."""
+    from PIL import Image
+
+    step = max(1, len(paths) // STATS_SAMPLE)
+    total = np.zeros(3)
+    outer = np.zeros((3, 3))
+    count = 0
+    for rel in paths[::step][:STATS_SAMPLE]:
+        with Image.open(root / rel) as image:
+            image.draft("RGB", (STATS_SIZE, STATS_SIZE))
+            pixels = np.asarray(image.convert("RGB").resize((STATS_SIZE, STATS_SIZE)), dtype=np.float64) / 255
+        flat = pixels.reshape(-1, 3)
+        total += flat.sum(0)
+        outer += flat.T @ flat
+        count += len(flat)
+    mean = total / count
+    cov = outer / count - np.outer(mean, mean)
+    eigval, eigvec = np.linalg.eigh(cov)
+    order = eigval.argsort()[::-1]
+    eigval, eigvec = eigval[order].clip(min=0), eigvec[:, order]
+    eigvec *= np.sign(eigvec[0:1, :] + 1e-12)  # a fixed sign per eigenvector: the same numbers on every machine
+    return {
+        "mean": [round(float(v), 6) for v in mean],
+        "std": [round(float(v), 6) for v in np.sqrt(np.diag(cov))],
+        "eigval": [round(float(v), 6) for v in eigval],
+        "eigvec": [[round(float(v), 6) for v in row] for row in eigvec],
+    }
+
+
+def build_index(path: Path | str, out: Path | str) -> Path:
+    """Validate the layout, list both splits, fingerprint them, measure colour statistics; write the index folder
+    atomically (a temporary sibling renamed into place)."""
+    from .data import atomic_directory
+
+    layout = validate_layout(path, where="--path")
+    root = layout.root.resolve()
+    splits = {split: _list_split(root, split, layout.classes) for split in ("train", "val")}
+    digest = hashlib.sha256()
+    for split in ("train", "val"):
+        for rel, label, size in splits[split]:
+            digest.update(f"{rel}\t{label}\t{size}\n".encode())
+    meta = {
+        "format": INDEX_FORMAT,
+        "name": "imagenet",
+        "root": str(root),
+        "classes": layout.classes,
+        "num_classes": len(layout.classes),
+        "counts": {split: len(rows) for split, rows in splits.items()},
+        "sha256": digest.hexdigest(),  # of names, labels and sizes: a different copy gets a different run identity
+        "channels": 3,
+        "stats": _color_stats(root, [rel for rel, _, _ in splits["train"]]),
+    }
+    out = Path(out)
+    with atomic_directory(out) as tmp:
+        for split, rows in splits.items():
+            (tmp / f"{split}.tsv").write_text("".join(f"{rel}\t{label}\n" for rel, label, _ in rows))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def is_index(folder: Path | str) -> bool:
+    meta = Path(folder) / "meta.json"
+    try:
+        return json.loads(meta.read_text()).get("format") == INDEX_FORMAT
+    except (OSError, ValueError):
+        return False
+
+
+def load_index(folder: Path | str) -> Index:
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError) as error:
+        raise DataError(f"{folder}: not an ImageNet index ({error}); run `resnet-repro index-imagenet`") from None
+    if meta.get("format") != INDEX_FORMAT:
+        raise DataError(f"{folder}/meta.json is not an ImageNet index; run `resnet-repro index-imagenet`")
+
+    def read(split: str) -> list[tuple[str, int]]:
+        rows = []
+        for line in (folder / f"{split}.tsv").read_text().splitlines():
+            rel, label = line.rsplit("\t", 1)
+            rows.append((rel, int(label)))
+        return rows
+
+    index = Index(folder, meta, read("train"), read("val"))
+    if not index.root.is_dir():
+        raise DataError(f"{folder}: the indexed ImageNet copy {index.root} is gone; index it again")
+    return index
+
+
+# ----------------------------------------------------------------------------------------- augmentation
+@dataclass(frozen=True)
+class Augment:
+    scale: tuple[int, int]
+    crop: int
+    flip: bool
+    color: float
+    test_resize: int
+
+    @classmethod
+    def from_settings(cls, augment: dict | None) -> Augment:
+        """The ImageNet augmentation from TrainSettings.augment (defaults: the paper's)."""
+        values = {**AUGMENT_DEFAULTS, **(augment or {})}
+        unknown = sorted(set(values) - set(AUGMENT_DEFAULTS))
+        if unknown:
+            raise ConfigError(
+                f"setting 'augment': {unknown[0]!r} is not an ImageNet augmentation key; known: "
+                f"{sorted(AUGMENT_DEFAULTS)}"
+            )
+        low, high = (int(v) for v in values["scale"])
+        crop, test_resize = int(values["crop"]), int(values["test_resize"])
+        if not 0 < crop <= low <= high:
+            raise ConfigError(f"setting 'augment': need 0 < crop <= scale[0] <= scale[1] (got {values})")
+        if test_resize < crop:
+            raise ConfigError(f"setting 'augment': test_resize must be >= crop (got {values})")
+        if float(values["color"]) < 0:
+            raise ConfigError(f"setting 'augment': color must be >= 0 (got {values['color']})")
+        return cls((low, high), crop, bool(values["flip"]), float(values["color"]), test_resize)
+
+
+def _open_rgb(path: Path, shorter: int):
+    """Decode a JPEG, letting libjpeg downscale by 1/2, 1/4 or 1/8 while the shorter side stays >= `shorter`
+    (draft mode: much cheaper than decoding at full size and resizing)."""
+    from PIL import Image
+
+    with open(path, "rb") as handle:
+        payload = handle.read()
+    image = Image.open(io.BytesIO(payload))
+    width, height = image.size
+    factor = shorter / min(width, height)
+    image.draft("RGB", (math.ceil(width * factor), math.ceil(height * factor)))
+    return image.convert("RGB")
+
+
+def _resize_shorter(image, shorter: int):
+    from PIL import Image
+
+    width, height = image.size
+    if width <= height:
+        size = (shorter, max(shorter, round(height * shorter / width)))
+    else:
+        size = (max(shorter, round(width * shorter / height)), shorter)
+    return image.resize(size, Image.BILINEAR) if size != image.size else image
+
+
+def _chw(image) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def sample_generator(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The augmentation randomness of one sample in one epoch: from these three numbers alone."""
+    return np.random.default_rng([seed, epoch, index])
+
+
+class TrainImages:
+    """Training samples, decoded and augmented in DataLoader workers. Items are requested as (epoch, index) so the
+    augmentation seed travels with the request (workers may outlive an epoch). Returns the uint8 crop [3,c,c], the
+    label and the colour shift [3] (added with the mean subtraction on the device, where it is a cheap batch op)."""
+
+    def __init__(self, index: Index, augment: Augment, seed: int) -> None:
+        self.root, self.items, self.augment, self.seed = index.root, index.train, augment, seed
+        stats = index.meta["stats"]
+        self.eigval = np.asarray(stats["eigval"], dtype=np.float64)
+        self.eigvec = np.asarray(stats["eigvec"], dtype=np.float64)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, request: tuple[int, int]) -> tuple[Any, int, Any]:
+        import torch
+
+        epoch, index = request
+        rng = sample_generator(self.seed, epoch, index)
+        aug = self.augment
+        shorter = int(rng.integers(aug.scale[0], aug.scale[1] + 1))
+        rel, label = self.items[index]
+        image = _resize_shorter(_open_rgb(self.root / rel, shorter), shorter)
+        width, height = image.size
+        left = int(rng.integers(0, width - aug.crop + 1))
+        top = int(rng.integers(0, height - aug.crop + 1))
+        pixels = _chw(image.crop((left, top, left + aug.crop, top + aug.crop)))
+        if aug.flip and rng.random() < 0.5:
+            pixels = np.ascontiguousarray(pixels[:, :, ::-1])
+        alpha = rng.normal(0.0, aug.color, 3) if aug.color > 0 else np.zeros(3)
+        shift = self.eigvec @ (alpha * self.eigval)
+        return torch.from_numpy(pixels), label, torch.from_numpy(shift.astype(np.float32))
+
+
+class TestImages:
+    """Validation samples: the shorter side resized to test_resize, then the centre crop only or the 10 crops
+    (centre first, then the four corners, then the mirrors of all five) as uint8 [views,3,c,c]."""
+
+    def __init__(self, index: Index, augment: Augment, ten_crop: bool, items: list[tuple[str, int]] | None = None):
+        self.root, self.augment, self.ten_crop = index.root, augment, ten_crop
+        self.items = index.val if items is None else items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        import torch
+
+        rel, label = self.items[index]
+        size, crop = self.augment.test_resize, self.augment.crop
+        image = _resize_shorter(_open_rgb(self.root / rel, size), size)
+        width, height = image.size
+        corners = [((width - crop) // 2, (height - crop) // 2)]
+        if self.ten_crop:
+            corners += [(0, 0), (width - crop, 0), (0, height - crop), (width - crop, height - crop)]
+        views = [_chw(image.crop((x, y, x + crop, y + crop))) for x, y in corners]
+        if self.ten_crop:
+            views += [np.ascontiguousarray(v[:, :, ::-1]) for v in views]
+        return torch.from_numpy(np.stack(views)), label
+
+
+def worker_init(_worker_id: int) -> None:
+    """DataLoader workers: one thread each (there are many of them), and deaf to stop signals, which are meant for
+    the training process (it checkpoints and then shuts the workers down itself)."""
+    import torch
+
+    torch.set_num_threads(1)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+class EpochSampler:
+    """Wraps a DistributedSampler: yields (epoch, index) requests for one epoch, skipping the first `skip` indices
+    of this rank's share (resuming mid-epoch)."""
+
+    def __init__(self, sampler: Any, epoch: int, skip: int = 0) -> None:
+        sampler.set_epoch(epoch)  # the per-epoch reshuffle, the same permutation on every rank
+        self.sampler, self.epoch, self.skip = sampler, epoch, skip
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for position, index in enumerate(self.sampler):
+            if position >= self.skip:
+                yield self.epoch, int(index)
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)
+
+
+def normalizer(index: Index, normalize: str, device: Any) -> tuple[Any, Any]:
+    """Mean and divisor ([1,3,1,1] on the device) for [0, 1] pixels: the per-channel mean, and the std only when
+    settings.normalize is "channel" (the paper subtracts the mean only)."""
+    import torch
+
+    stats = index.meta["stats"]
+    mean = torch.tensor(stats["mean"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(stats["std"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return mean, std if normalize == "channel" else torch.ones_like(std)
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+def evaluate(
+    model_path: Path, data_dir: Path, out: Path, device: str = "auto", workers: int = 4, batch_size: int = 50
+) -> dict[str, Any]:
+    """metrics.json of an ImageNet run: 10-crop top-1/top-5 error as test_error (Table 2's protocol), the single
+    centre crop as single_crop_error; the same keys evaluate.py writes for the other datasets."""
+    import platform
+
+    import torch
+    import torch.nn.functional as F
+
+    from . import __version__
+    from .evaluate import _last_train_row, git_commit, load_trained_model
+    from .models import count_parameters
+    from .settings import TrainSettings
+    from .train import atomic_write_bytes, choose_runtime, pick_device
+
+    model_path = Path(model_path)
+    model, saved = load_trained_model(model_path)
+    index = load_index(data_dir)
+    if index.sha256 != saved["dataset"]["sha256"]:
+        raise DataError(
+            f"{model_path} was trained on ImageNet copy {saved['dataset']['sha256'][:12]}, but {data_dir} indexes "
+            f"{index.sha256[:12]}; evaluate it on the data it was trained with"
+        )
+    settings = TrainSettings.from_dict(saved["settings"])
+    augment = Augment.from_settings(settings.augment)
+    target = pick_device(device)
+    runtime = choose_runtime(settings, target)
+    model.to(target).eval()
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    mean, std = normalizer(index, settings.normalize, target)
+    loader = torch.utils.data.DataLoader(
+        TestImages(index, augment, ten_crop=True),
+        batch_size=batch_size,
+        num_workers=workers,
+        worker_init_fn=worker_init if workers else None,
+        pin_memory=target.type == "cuda",
+    )
+    probs_10, logits_1, labels = [], [], []
+    with torch.no_grad():
+        for views, y in loader:
+            b, v = views.shape[:2]
+            x = views.to(target, non_blocking=True).flatten(0, 1).float().div_(255).sub_(mean).div_(std)
+            if runtime.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with runtime.autocast():
+                logits = model(x).float().view(b, v, -1)
+            probs_10.append(logits.softmax(-1).mean(1).cpu())
+            logits_1.append(logits[:, 0].cpu())
+            labels.append(y)
+    probs, single, truth = torch.cat(probs_10), torch.cat(logits_1), torch.cat(labels)
+    classes = index.classes
+    k = min(5, len(classes))
+    top = probs.topk(k, dim=1).indices
+    predicted = top[:, 0]
+    confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
+    confusion.index_put_((truth, predicted), torch.ones_like(truth), accumulate=True)
+    per_class = (confusion.diag().double() / confusion.sum(1).clamp(min=1)).tolist()
+    single_top = single.topk(k, dim=1).indices
+    metrics: dict[str, Any] = {
+        "model": saved["model_name"],
+        "dataset": "imagenet",
+        "split": "val",
+        "seed": saved["seed"],
+        "test_error": round(1 - (predicted == truth).double().mean().item(), 6),
+        "test_loss": round(F.nll_loss(probs.clamp(min=1e-12).log(), truth).item(), 6),
+        "top1_accuracy": round((predicted == truth).double().mean().item(), 6),
+        f"top{k}_accuracy": round((top == truth[:, None]).any(1).double().mean().item(), 6),
+        "testing": "10-crop (shorter side resized to test_resize; centre, 4 corners and their mirrors; mean softmax)",
+        "single_crop_error": round(1 - (single_top[:, 0] == truth).double().mean().item(), 6),
+        f"single_crop_top{k}_error": round(1 - (single_top == truth[:, None]).any(1).double().mean().item(), 6),
+        "single_crop_loss": round(F.cross_entropy(single, truth).item(), 6),
+        **{key: round(value, 6) for key, value in _last_train_row(model_path.parent).items()},
+        "parameters": count_parameters(model),
+        "per_class_accuracy": {name: round(value, 6) for name, value in zip(classes, per_class, strict=True)},
+        # 1000x1000 would be megabytes of JSON, mostly zeros: kept only for small class counts.
+        **({"confusion_matrix": confusion.tolist()} if len(classes) <= 100 else {}),
+        "provenance": {
+            "package_version": __version__,
+            "git_commit": git_commit(),
+            "torch_version": torch.__version__,
+            "python_version": platform.python_version(),
+            "train_device": saved["runtime"]["device"],
+            "train_runtime": saved["runtime"]["note"],
+            "train_world_size": saved["runtime"].get("world_size", 1),
+            "eval_device": str(target),
+            "seed": saved["seed"],
+            "config_hash": saved["run_id"],
+            "settings": saved["settings"],
+            "dataset_sha256": saved["dataset"]["sha256"],
+            "dataset_root": index.meta["root"],
+        },
+    }
+    atomic_write_bytes(Path(out), (json.dumps(metrics, indent=2) + "\n").encode())
+    return metrics
+
+
+# ----------------------------------------------------------------------------------- official val archive
+def layout_val(devkit: Path | str, images: Path | str, out: Path | str) -> int:
+    """Sort the official flat validation images (a folder or ILSVRC2012_img_val.tar) into out/<wnid>/ using the
+    devkit's ground truth (ILSVRC2012_devkit_t12.tar.gz: data/meta.mat and
+    data/ILSVRC2012_validation_ground_truth.txt). Returns the number of images placed."""
+    import shutil
+    import tarfile
+
+    from scipy.io import loadmat
+
+    with tarfile.open(devkit) as tar:
+        members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+        try:
+            meta_bytes = tar.extractfile(members["meta.mat"]).read()
+            truth = tar.extractfile(members["ILSVRC2012_validation_ground_truth.txt"]).read().decode().split()
+        except KeyError as error:
+            raise DataError(f"{devkit}: no {error.args[0]} (expected the ILSVRC2012_devkit_t12 archive)") from None
+    synsets = loadmat(io.BytesIO(meta_bytes), squeeze_me=True)["synsets"]
+    wnid_of = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets if int(s["num_children"]) == 0}
+    wnids = [wnid_of[int(t)] for t in truth]  # line k: the class of ILSVRC2012_val_<k>.JPEG
+    out = Path(out)
+    images = Path(images)
+    placed = 0
+    if images.is_dir():
+        for k, wnid in enumerate(wnids, start=1):
+            source = images / f"ILSVRC2012_val_{k:08d}.JPEG"
+            if source.is_file():
+                (out / wnid).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, out / wnid / source.name)
+                placed += 1
+    else:
+        with tarfile.open(images) as tar:
+            for member in tar:
+                name = Path(member.name).name
+                if not member.isfile() or not name.startswith("ILSVRC2012_val_"):
+                    continue
+                wnid = wnids[int(name.split("_")[-1].split(".")[0]) - 1]
+                (out / wnid).mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(member) as source, open(out / wnid / name, "wb") as target:
+                    shutil.copyfileobj(source, target)
+                placed += 1
+    return placed

@@ -1,0 +1,73 @@
+# ImageNet: an index of the local copy instead of fetch/prepare, and data-parallel training (torchrun) that takes
+# all the GPUs of its experiment's `distributed` block in one job (locally: `--resources gpu=N` counts them; on
+# SLURM: one job, several nodes with one srun task each). Stage commands come from resnet_repro.pipeline.
+
+# The generic rules could also produce these files; these are the ones that apply to dataset imagenet.
+ruleorder: index_imagenet > prepare
+ruleorder: train_imagenet > train
+ruleorder: evaluate_imagenet > evaluate
+
+
+rule index_imagenet:
+    output:
+        multiext("data/prepared/imagenet/", "meta.json", "train.tsv", "val.tsv"),
+    params:
+        stage="index-imagenet",
+        path=config["datasets"].get("imagenet", {}).get("path") if config.get("datasets") else None,
+    log:
+        "logs/prepare/imagenet.log",
+    threads: 4
+    resources:
+        runtime=60,
+        mem_mb=4000,
+    shell:
+        "dvc --wait-for-lock repro --single-item {params.stage} > {log} 2>&1"
+
+
+rule train_imagenet:
+    input:
+        "data/prepared/imagenet/meta.json",
+    output:
+        model="results/imagenet/{model}/seed{seed}/model.pt",
+        history="results/imagenet/{model}/seed{seed}/history.csv",
+        epochs="results/imagenet/{model}/seed{seed}/epochs.csv",
+    params:
+        stage="train-imagenet-{model}-seed{seed}",
+        settings=lambda w: PLAN.run("imagenet", w.model, w.seed).settings_json,
+    log:
+        "logs/train/imagenet/{model}/seed{seed}.log",
+    threads: lambda w: _imagenet_resources(w)["cpus_per_task"]
+    resources:
+        gpu=lambda w: _imagenet_resources(w)["gpu"],
+        runtime=lambda w: _imagenet_resources(w)["runtime"],
+        mem_mb=lambda w: _imagenet_resources(w)["mem_mb"],
+        cpus_per_task=lambda w: _imagenet_resources(w)["cpus_per_task"],
+        nodes=lambda w: _imagenet_resources(w)["nodes"],
+        mpi=lambda w: _imagenet_resources(w)["mpi"],
+        tasks=lambda w: _imagenet_resources(w)["tasks"],
+        tasks_per_gpu=lambda w: _imagenet_resources(w)["tasks_per_gpu"],
+        slurm_extra=lambda w: _imagenet_resources(w)["slurm_extra"],
+    shell:
+        "dvc --wait-for-lock repro --single-item {params.stage} > {log} 2>&1"
+
+
+rule evaluate_imagenet:
+    input:
+        "results/imagenet/{model}/seed{seed}/model.pt",
+        "results/imagenet/{model}/seed{seed}/history.csv",
+        "results/imagenet/{model}/seed{seed}/epochs.csv",
+        "data/prepared/imagenet/meta.json",
+    output:
+        "results/imagenet/{model}/seed{seed}/metrics.json",
+    params:
+        stage="evaluate-imagenet-{model}-seed{seed}",
+    log:
+        "logs/evaluate/imagenet/{model}/seed{seed}.log",
+    threads: 4
+    resources:
+        gpu=lambda w: 0 if pipeline.distributed_options(config, PLAN.run("imagenet", w.model, w.seed).experiment)[
+            "device"
+        ] == "cpu" else 1,
+        runtime=120,
+    shell:
+        "dvc --wait-for-lock repro --single-item {params.stage} > {log} 2>&1"
