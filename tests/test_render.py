@@ -631,11 +631,12 @@ from resnet_repro import pipeline, render
 configfile: "config.yaml"
 
 PLAN = pipeline.build_plan(pipeline.validated(config), check_paths=False)
-DVC = "echo"
+RENDER_IMAGE = pipeline.container_image("render")
 
 rule everything:
     input: render.final_targets(PLAN, list(PLAN.experiments))
 
+include: "workflow/rules/common.smk"
 include: "workflow/rules/render.smk"
 """
 
@@ -651,6 +652,7 @@ def test_html_report_contains_every_flagged_file(tmp_path: Path) -> None:
     shutil.copytree(REPO / "workflow/report", tmp_path / "workflow/report")
     (tmp_path / "workflow/rules").mkdir()
     shutil.copy(REPO / "workflow/rules/render.smk", tmp_path / "workflow/rules/render.smk")
+    shutil.copy(REPO / "workflow/rules/common.smk", tmp_path / "workflow/rules/common.smk")
     (tmp_path / "src/resnet_repro").mkdir(parents=True)
     shutil.copy(render.REFERENCES_FILE, tmp_path / render.REPO_REFERENCES)
     config = full_config(tmp_path, enable_imagenet=False, enable_1202=False)
