@@ -97,3 +97,12 @@ def test_snakemake_and_cli_stop_before_any_job(case: str, tmp_path: Path) -> Non
     assert not (workspace / "dvc.yaml").exists()
     check = run_cli("pipeline", "check", cwd=workspace, check=False)
     assert check.returncode == 2 and check.stderr.count("\n") == 1 and message in check.stderr
+
+
+def test_snakemake_lint_reports_nothing() -> None:
+    result = subprocess.run(
+        ["snakemake", "--lint"], cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+    assert "Lints for" not in result.stdout + result.stderr
