@@ -12,11 +12,15 @@ import errno
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from . import __version__
 from .errors import ConfigError, ReproError
+
+if TYPE_CHECKING:
+    from .settings import TrainSettings
 
 
 def _parse_overrides(pairs: list[str]) -> dict:
@@ -68,11 +72,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from .gpu import acquire_gpu_slot
-    from .settings import resolve_settings
-    from .train import RunSpec, train
-
+def _run_settings(args: argparse.Namespace, default_schedule: str) -> TrainSettings:
+    """A run's settings: from config.yaml (pipeline mode, --config/--experiment) or --schedule/--set; and the
+    model name checked, both before anything heavy starts."""
     if args.config:
         from .pipeline import run_settings
 
@@ -82,8 +84,18 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("--config takes the schedule and settings from the config; drop --schedule/--set")
         settings = run_settings(args.config, args.experiment, args.model)
     else:
-        settings = resolve_settings(args.schedule or "cifar_paper", _parse_overrides(args.set))
+        from .settings import resolve_settings
+
+        settings = resolve_settings(args.schedule or default_schedule, _parse_overrides(args.set))
     _validate_model(args.model)
+    return settings
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .gpu import acquire_gpu_slot
+    from .train import RunSpec, train
+
+    settings = _run_settings(args, default_schedule="cifar_paper")
     if args.device in ("auto", "cuda"):
         slot = acquire_gpu_slot()  # before CUDA initializes: it reads CUDA_VISIBLE_DEVICES once
         if slot is not None:
@@ -142,19 +154,8 @@ def _distributed_options(args: argparse.Namespace) -> dict:
 
 def cmd_train_imagenet(args: argparse.Namespace) -> int:
     from .distributed import DistSpec, train_distributed
-    from .settings import resolve_settings
 
-    if args.config:
-        from .pipeline import run_settings
-
-        if not args.experiment:
-            raise ConfigError("--config needs --experiment (the experiment defining this run)")
-        if args.set or args.schedule:
-            raise ConfigError("--config takes the schedule and settings from the config; drop --schedule/--set")
-        settings = run_settings(args.config, args.experiment, args.model)
-    else:
-        settings = resolve_settings(args.schedule or "imagenet_paper", _parse_overrides(args.set))
-    _validate_model(args.model)
+    settings = _run_settings(args, default_schedule="imagenet_paper")
     options = _distributed_options(args)
     spec = DistSpec(
         args.model,

@@ -52,10 +52,14 @@ from .train import (
     STOP_SIGNALS,
     ProgressLog,
     _stop_requested,
+    add_to_tallies,
     atomic_torch_save,
     choose_runtime,
+    close_epoch,
+    end_warmup_if_due,
     initial_state,
     load_checkpoint,
+    take_tally,
     write_csv,
 )
 
@@ -306,10 +310,6 @@ def _train(spec: DistSpec, world: World, device: torch.device, log: ProgressLog 
         comm.sum_(totals)
         return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
 
-    def summarize(tally: dict) -> tuple[float, float]:
-        seen = len(tally["losses"]) * settings.batch_size
-        return math.fsum(tally["losses"]) / len(tally["losses"]), tally["wrong"] / seen
-
     if world.main:
         out.mkdir(parents=True, exist_ok=True)
     log.line(
@@ -382,34 +382,19 @@ def _train(spec: DistSpec, world: World, device: torch.device, log: ProgressLog 
                 continue
             # Every rank reaches the same checks (iteration counts are global), so the all-reduce always matches.
             losses, wrong, stop = check(iteration, stop_signal() is not None)
-            for tally in (state["interval"], state["epoch_acc"], state["block"]):
-                tally["losses"].extend(losses)
-                tally["wrong"] += wrong
+            add_to_tallies(state, losses, wrong)
             elapsed = time.monotonic() - clock
             rate = (iteration - clock_iteration) / max(elapsed, 1e-9)
             if aligned:
-                block_loss, block_error = summarize(state["block"])
-                state["block"] = {"losses": [], "wrong": 0}
+                block_loss, block_error = take_tally(state, "block", settings.batch_size)
                 log.bar(iteration, rate, block_loss)
-                if not state["warmup_done"] and block_error < settings.warmup["until_train_error"]:
-                    state["warmup_done"] = True
-                    log.line(f"warm-up ends at iteration {iteration} (train error {block_error:.3f})")
+                if ended := end_warmup_if_due(state, settings, block_error, iteration):
+                    log.line(ended)
             if at_epoch_end:
-                train_loss, train_error = summarize(state["epoch_acc"])
-                state["epochs"].append(
-                    {
-                        "epoch": iteration // steps_per_epoch,
-                        "iteration": iteration,
-                        "lr": lr,
-                        "train_loss": train_loss,
-                        "train_error": train_error,
-                        "images_per_s": round(rate * settings.batch_size, 1),
-                    }
-                )
-                state["epoch_acc"] = {"losses": [], "wrong": 0}
+                close_epoch(state, iteration, steps_per_epoch, lr, settings.batch_size, rate)
             if at_eval:
                 test_loss, test_error = evaluate_center()
-                train_loss, train_error = summarize(state["interval"])
+                train_loss, train_error = take_tally(state, "interval", settings.batch_size)
                 row = {
                     "iteration": iteration,
                     "epoch": round(iteration / steps_per_epoch, 4),
@@ -422,7 +407,6 @@ def _train(spec: DistSpec, world: World, device: torch.device, log: ProgressLog 
                     "elapsed_s": round(elapsed, 2),
                 }
                 state["history"].append(row)
-                state["interval"] = {"losses": [], "wrong": 0}
                 log.line(
                     f"iter {iteration}/{settings.iterations} epoch {row['epoch']:.2f} lr {lr:g} train loss "
                     f"{train_loss:.4f} err {train_error:.4f} | val (centre crop) loss {test_loss:.4f} err "

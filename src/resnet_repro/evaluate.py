@@ -53,6 +53,23 @@ def _last_train_row(run_dir: Path) -> dict[str, float]:
     return {}
 
 
+def provenance(saved: dict, eval_device: torch.device) -> dict[str, Any]:
+    """Where a result came from: code, environment, devices, seed and the run's configuration hash."""
+    return {
+        "package_version": __version__,
+        "git_commit": git_commit(),
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "train_device": saved["runtime"]["device"],
+        "train_runtime": saved["runtime"]["note"],
+        "eval_device": str(eval_device),
+        "seed": saved["seed"],
+        "config_hash": saved["run_id"],
+        "settings": saved["settings"],
+        "dataset_sha256": saved["dataset"]["sha256"],
+    }
+
+
 def evaluate(model_path: Path, data_dir: Path, out: Path, device: str = "auto") -> dict[str, Any]:
     model_path = Path(model_path)
     model, saved = load_trained_model(model_path)
@@ -89,19 +106,7 @@ def evaluate(model_path: Path, data_dir: Path, out: Path, device: str = "auto") 
         "parameters": count_parameters(model),
         "per_class_accuracy": {name: round(value, 6) for name, value in zip(classes, per_class, strict=True)},
         "confusion_matrix": confusion.tolist(),
-        "provenance": {
-            "package_version": __version__,
-            "git_commit": git_commit(),
-            "torch_version": torch.__version__,
-            "python_version": platform.python_version(),
-            "train_device": saved["runtime"]["device"],
-            "train_runtime": saved["runtime"]["note"],
-            "eval_device": str(target),
-            "seed": saved["seed"],
-            "config_hash": saved["run_id"],
-            "settings": saved["settings"],
-            "dataset_sha256": saved["dataset"]["sha256"],
-        },
+        "provenance": provenance(saved, target),
     }
     atomic_write_bytes(Path(out), (json.dumps(metrics, indent=2) + "\n").encode())
     return metrics

@@ -432,13 +432,11 @@ def evaluate(
 ) -> dict[str, Any]:
     """metrics.json of an ImageNet run: 10-crop top-1/top-5 error as test_error (Table 2's protocol), the single
     centre crop as single_crop_error; the same keys evaluate.py writes for the other datasets."""
-    import platform
 
     import torch
     import torch.nn.functional as F
 
-    from . import __version__
-    from .evaluate import _last_train_row, git_commit, load_trained_model
+    from .evaluate import _last_train_row, load_trained_model, provenance
     from .models import count_parameters
     from .settings import TrainSettings
     from .train import atomic_write_bytes, choose_runtime, pick_device
@@ -506,18 +504,8 @@ def evaluate(
         # 1000x1000 would be megabytes of JSON, mostly zeros: kept only for small class counts.
         **({"confusion_matrix": confusion.tolist()} if len(classes) <= 100 else {}),
         "provenance": {
-            "package_version": __version__,
-            "git_commit": git_commit(),
-            "torch_version": torch.__version__,
-            "python_version": platform.python_version(),
-            "train_device": saved["runtime"]["device"],
-            "train_runtime": saved["runtime"]["note"],
+            **provenance(saved, target),
             "train_world_size": saved["runtime"].get("world_size", 1),
-            "eval_device": str(target),
-            "seed": saved["seed"],
-            "config_hash": saved["run_id"],
-            "settings": saved["settings"],
-            "dataset_sha256": saved["dataset"]["sha256"],
             "dataset_root": index.meta["root"],
         },
     }

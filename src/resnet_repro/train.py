@@ -55,6 +55,7 @@ HISTORY_FIELDS = [
 ]
 EPOCH_FIELDS = ["epoch", "iteration", "lr", "train_loss", "train_error", "images_per_s"]
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+TALLIES = ("interval", "epoch_acc", "block")  # since the last history row / epoch end / aligned check
 # Fields of a history row that measure time rather than learning: excluded from reproducibility checks.
 TIMING_FIELDS = {"images_per_s", "elapsed_s"}
 
@@ -399,6 +400,45 @@ def initial_state(settings: TrainSettings) -> dict[str, Any]:
     }
 
 
+def add_to_tallies(state: dict[str, Any], losses: list[float], wrong: int) -> None:
+    """Move checked per-iteration losses and wrong counts into every running tally."""
+    for name in TALLIES:
+        state[name]["losses"].extend(losses)
+        state[name]["wrong"] += wrong
+
+
+def take_tally(state: dict[str, Any], name: str, batch: int) -> tuple[float, float]:
+    """Mean loss (math.fsum: independent of how stops split the windows) and error of a tally; reset it."""
+    tally = state[name]
+    state[name] = {"losses": [], "wrong": 0}
+    return math.fsum(tally["losses"]) / len(tally["losses"]), tally["wrong"] / (len(tally["losses"]) * batch)
+
+
+def end_warmup_if_due(state: dict[str, Any], settings: TrainSettings, block_error: float, iteration: int) -> str | None:
+    """End the warm-up once the block's training error is below its threshold; return the log line if it ended."""
+    if state["warmup_done"] or block_error >= settings.warmup["until_train_error"]:
+        return None
+    state["warmup_done"] = True
+    return f"warm-up ends at iteration {iteration} (train error {block_error:.3f}); lr back to {settings.lr}"
+
+
+def close_epoch(
+    state: dict[str, Any], iteration: int, steps_per_epoch: int, lr: float, batch: int, rate: float
+) -> None:
+    """Append the finished epoch's row (train loss/error over the epoch) to the state."""
+    train_loss, train_error = take_tally(state, "epoch_acc", batch)
+    state["epochs"].append(
+        {
+            "epoch": iteration // steps_per_epoch,
+            "iteration": iteration,
+            "lr": lr,
+            "train_loss": train_loss,
+            "train_error": train_error,
+            "images_per_s": round(rate * batch, 1),
+        }
+    )
+
+
 def train(spec: RunSpec, log: ProgressLog | None = None) -> Path:
     """Train one run to completion (resuming a matching checkpoint) and return the path of model.pt."""
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
@@ -490,14 +530,8 @@ def _train(spec: RunSpec, log: ProgressLog | None) -> Path:
             )
         values = losses.tolist()
         wrong = int(window_wrong[:count].sum())
-        for tally in (state["interval"], state["epoch_acc"], state["block"]):
-            tally["losses"].extend(values)
-            tally["wrong"] += wrong
+        add_to_tallies(state, values, wrong)
         window_start = upto
-
-    def summarize(tally: dict) -> tuple[float, float]:
-        seen = len(tally["losses"]) * batch
-        return math.fsum(tally["losses"]) / len(tally["losses"]), tally["wrong"] / seen
 
     while state["iteration"] < settings.iterations:
         iteration = state["iteration"]
@@ -523,32 +557,17 @@ def _train(spec: RunSpec, log: ProgressLog | None) -> Path:
         elapsed = time.monotonic() - clock
         rate = (iteration - clock_iteration) / max(elapsed, 1e-9)
         if aligned:
-            block_loss, block_error = summarize(state["block"])
-            state["block"] = {"losses": [], "wrong": 0}
+            block_loss, block_error = take_tally(state, "block", batch)
             log.bar(iteration, rate, block_loss)
-            if not state["warmup_done"] and block_error < settings.warmup["until_train_error"]:
-                state["warmup_done"] = True
-                log.line(
-                    f"warm-up ends at iteration {iteration} (train error {block_error:.3f}); lr back to {settings.lr}"
-                )
+            if ended := end_warmup_if_due(state, settings, block_error, iteration):
+                log.line(ended)
         if at_epoch_end:
-            train_loss, train_error = summarize(state["epoch_acc"])
-            state["epochs"].append(
-                {
-                    "epoch": iteration // steps_per_epoch,
-                    "iteration": iteration,
-                    "lr": lr,
-                    "train_loss": train_loss,
-                    "train_error": train_error,
-                    "images_per_s": round(rate * batch, 1),
-                }
-            )
-            state["epoch_acc"] = {"losses": [], "wrong": 0}
+            close_epoch(state, iteration, steps_per_epoch, lr, batch, rate)
         if at_eval:
             logits_test, labels = evaluate_arrays(model, device_data, runtime)
             test_loss = F.cross_entropy(logits_test, labels).item()
             test_error = (logits_test.argmax(1) != labels).float().mean().item()
-            train_loss, train_error = summarize(state["interval"])
+            train_loss, train_error = take_tally(state, "interval", batch)
             row = {
                 "iteration": iteration,
                 "epoch": round(iteration / steps_per_epoch, 4),
@@ -561,7 +580,6 @@ def _train(spec: RunSpec, log: ProgressLog | None) -> Path:
                 "elapsed_s": round(elapsed, 2),
             }
             state["history"].append(row)
-            state["interval"] = {"losses": [], "wrong": 0}
             log.line(
                 f"iter {iteration}/{settings.iterations} epoch {row['epoch']:.2f} lr {lr:g} "
                 f"train loss {train_loss:.4f} err {train_error:.4f} | {settings.split} "
