@@ -35,7 +35,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -43,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import ConfigError, Interrupted, ReproError, TrainingDiverged
-from .imagenet import Augment, EpochSampler, Index, TestImages, TrainImages, load_index, normalizer, worker_init
+from .imagenet import Augment, EpochSampler, Index, TestImages, TrainImages, load_index, loader_options, normalizer
 from .models import build_model, count_parameters
 from .settings import TrainSettings, settings_hash
 from .train import (
@@ -215,6 +214,8 @@ def _train(spec: DistSpec, world: World, device: torch.device, log: ProgressLog 
     run_id = run_identity(spec.model, index, spec.seed, settings, spec.sync_bn)
     # Only rank 0 talks; the others would repeat every line.
     log = log or ProgressLog(settings.iterations, stream=sys.stderr if world.main else open(os.devnull, "w"))
+    # Before the stop handlers: starting the loader workers' server briefly ignores stop signals.
+    options = loader_options(spec.workers, pin_memory=device.type == "cuda")
     stop_signal = _stop_requested()
     runtime = choose_runtime(settings, device)
     if device.type == "cuda":
@@ -269,12 +270,13 @@ def _train(spec: DistSpec, world: World, device: torch.device, log: ProgressLog 
     if steps_per_epoch == 0:
         raise ConfigError(f"the global batch {settings.batch_size} is larger than the {len(train_set)} training images")
     val_items = index.val[world.rank :: world.size]  # disjoint shards; sums are all-reduced: exact, no padding
-    loader_options: dict[str, Any] = {
-        "num_workers": spec.workers,
-        "pin_memory": device.type == "cuda",
-        "worker_init_fn": worker_init if spec.workers else None,
-        **({"prefetch_factor": 4} if spec.workers else {}),
-    }
+    epoch_sampler = EpochSampler(sampler)
+    train_loader = torch.utils.data.DataLoader(
+        train_set, batch_size=per_rank, sampler=epoch_sampler, drop_last=True, **options
+    )
+    val_loader = torch.utils.data.DataLoader(
+        TestImages(index, augment, ten_crop=False, items=val_items), batch_size=spec.eval_batch, **options
+    )
 
     def save_checkpoint() -> None:
         if world.main:
@@ -292,11 +294,8 @@ def _train(spec: DistSpec, world: World, device: torch.device, log: ProgressLog 
         """Centre-crop loss and error on the validation set, each rank on its shard (Fig. 4's bold curves)."""
         comm.broadcast_buffers(model)
         model.eval()
-        loader = torch.utils.data.DataLoader(
-            TestImages(index, augment, ten_crop=False, items=val_items), batch_size=spec.eval_batch, **loader_options
-        )
         totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, wrong, count
-        for views, y in loader:
+        for views, y in val_loader:
             x = views[:, 0].to(device, non_blocking=True).float().div_(255).sub_(mean).div_(std)
             y = y.to(device, non_blocking=True)
             if runtime.channels_last:
@@ -349,14 +348,8 @@ def _train(spec: DistSpec, world: World, device: torch.device, log: ProgressLog 
 
     while state["iteration"] < settings.iterations:
         epoch, position = divmod(state["iteration"], steps_per_epoch)
-        loader = torch.utils.data.DataLoader(
-            train_set,
-            batch_size=per_rank,
-            sampler=EpochSampler(sampler, epoch, skip=position * per_rank),
-            drop_last=True,
-            **loader_options,
-        )
-        for x_u8, y, shift in loader:
+        epoch_sampler.start(epoch, skip=position * per_rank)
+        for x_u8, y, shift in train_loader:
             iteration = state["iteration"]
             lr = settings.lr_at(iteration) if state["warmup_done"] else settings.warmup["lr"]
             for group in optimizer.param_groups:

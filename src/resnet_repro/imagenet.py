@@ -388,23 +388,32 @@ class TestImages:
         return torch.from_numpy(np.stack(views)), label
 
 
+# Stop signals are for the training process, which checkpoints and then shuts its loader workers down itself.
+WORKER_DEAF_TO = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
 def worker_init(_worker_id: int) -> None:
     """DataLoader workers: one thread each (there are many of them), and deaf to stop signals, which are meant for
     the training process (it checkpoints and then shuts the workers down itself)."""
     import torch
 
     torch.set_num_threads(1)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+    for sig in WORKER_DEAF_TO:
         signal.signal(sig, signal.SIG_IGN)
 
 
 class EpochSampler:
     """Wraps a DistributedSampler: yields (epoch, index) requests for one epoch, skipping the first `skip` indices
-    of this rank's share (resuming mid-epoch)."""
+    of this rank's share (resuming mid-epoch). `start` moves it to another epoch: one DataLoader with persistent
+    workers serves the whole run, since the sampler is iterated in the training process."""
 
-    def __init__(self, sampler: Any, epoch: int, skip: int = 0) -> None:
-        sampler.set_epoch(epoch)  # the per-epoch reshuffle, the same permutation on every rank
-        self.sampler, self.epoch, self.skip = sampler, epoch, skip
+    def __init__(self, sampler: Any, epoch: int = 0, skip: int = 0) -> None:
+        self.sampler = sampler
+        self.start(epoch, skip)
+
+    def start(self, epoch: int, skip: int = 0) -> None:
+        self.sampler.set_epoch(epoch)  # the per-epoch reshuffle, the same permutation on every rank
+        self.epoch, self.skip = epoch, skip
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         for position, index in enumerate(self.sampler):
@@ -413,6 +422,43 @@ class EpochSampler:
 
     def __len__(self) -> int:
         return max(0, len(self.sampler) - self.skip)
+
+
+def start_worker_server() -> None:
+    """Start multiprocessing's forkserver, from which `loader_options` starts the loader workers, deaf to stop
+    signals. torchrun stops its workers by signalling their whole process group: a forkserver that died of that
+    SIGTERM would take its children, the loader workers, with it (they exit when their parent goes) before the
+    trainer could checkpoint. An ignored signal stays ignored across exec and fork, so the server and every worker
+    it forks ignore them from their first instruction; the server still exits when the trainer does."""
+    import multiprocessing
+    import multiprocessing.forkserver
+
+    multiprocessing.set_forkserver_preload(["torch", "resnet_repro.imagenet"])  # workers start in milliseconds
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in WORKER_DEAF_TO}
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def loader_options(workers: int, pin_memory: bool) -> dict[str, Any]:
+    """DataLoader options for decoding workers in a training process. The workers start once (persistent) from a
+    forkserver (see `start_worker_server`), never by forking the trainer itself: a fork copies the locks that the
+    trainer's other threads (gloo, OpenMP, pin-memory) may hold at that instant, and a child that needs one of them
+    waits forever, a rare hang that torch's DataLoader documents for fork. Scripts that call the trainer need an
+    `if __name__ == "__main__":` guard, as for any start method other than fork."""
+    if workers == 0:
+        return {"num_workers": 0, "pin_memory": pin_memory}
+    start_worker_server()
+    return {
+        "num_workers": workers,
+        "pin_memory": pin_memory,
+        "worker_init_fn": worker_init,
+        "prefetch_factor": 4,
+        "persistent_workers": True,
+        "multiprocessing_context": "forkserver",
+    }
 
 
 def normalizer(index: Index, normalize: str, device: Any) -> tuple[Any, Any]:
