@@ -83,6 +83,10 @@ SlurmctldHost=$NODE
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# A requeued job waits one credential lifetime before it may start again (default 120 s): short here, so the
+# requeue tests do not idle; the main and backfill schedulers look every 2 s instead of every 60 s / 30 s.
+AuthInfo=cred_expire=10
+SchedulerParameters=sched_interval=2,bf_interval=2
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
