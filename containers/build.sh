@@ -75,6 +75,16 @@ events_logger = "file"
 EOF
 fi
 
+# 2b. disk: a first build of the training image needs about 14 GiB (the wheelhouse, the layers, pip's unpacking);
+#     say so before starting rather than fail in the middle with "no space left on device".
+storage="$(podman info --format '{{.Store.GraphRoot}}' 2>/dev/null || echo /var/lib/containers/storage)"
+mkdir -p "$storage"
+if [[ " $images " == *" train "* ]] && ! podman image exists "localhost/resnet-repro-train:$version"; then
+    free_gib=$(( $(df -Pk "$storage" | awk 'NR == 2 {print $4}') / 1048576 ))
+    ((free_gib >= ${MIN_FREE_GIB:-14})) \
+        || die "building the training image needs about ${MIN_FREE_GIB:-14} GiB free for $storage; only $free_gib GiB are"
+fi
+
 # 3. base image: Debian bookworm from Debian's own packages (no registry needed) ----
 if ! podman image exists "$base_image"; then
     [[ "$base_image" == "$default_base" ]] || die "base image $base_image is not present; pull it first (podman pull $base_image)"
@@ -156,7 +166,7 @@ for name in $images; do
     t0=$SECONDS
     set +e
     # shellcheck disable=SC2086
-    podman build --layers --format docker \
+    podman build --layers --force-rm --format docker \
         -f "$context/$dockerfile" -t "$tag" \
         --build-arg BASE_IMAGE="$base_image" \
         --build-arg PIP_SOURCE="$pip_source" \
@@ -173,3 +183,7 @@ for name in $images; do
     fi
     log "built $tag in $((SECONDS - t0)) s"
 done
+
+# 7. disk: earlier builds of these images, now untagged, go (each holds a package layer). --force-rm above
+#    already removes a failed build's working container, which would otherwise pin gigabytes of layers.
+podman image prune --force --filter label=org.resnet-repro.source-sha256 >/dev/null 2>&1 || true

@@ -6,6 +6,15 @@ cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python3}
 if [[ "${FRESH_VENV:-0}" == 1 ]]; then rm -rf .venv; fi
 if [[ ! -x .venv/bin/python ]]; then
+    # torch's CUDA build and its libraries take about 6 GiB in the venv, and pip unpacks beside it: say so now
+    # rather than fail half-installed with "No space left on device".
+    free_gib=$(( $(df -Pk . | awk 'NR == 2 {print $4}') / 1048576 ))
+    if (( free_gib < ${MIN_FREE_GIB:-8} )); then
+        echo "error: creating .venv needs about ${MIN_FREE_GIB:-8} GiB free on $(df -P . | awk 'NR == 2 {print $6}'); only ${free_gib} GiB are" >&2
+        exit 1
+    fi
+fi
+if [[ ! -x .venv/bin/python ]]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
