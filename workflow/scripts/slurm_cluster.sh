@@ -74,7 +74,7 @@ install_packages() {
 # Print slurm.conf for this machine (deterministic, so an unchanged machine gives an unchanged file).
 render_slurm_conf() {
     local cpus mem_mb
-    cpus=$(nproc)
+    cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc obeys these: the test runner sets them
     mem_mb=$(awk '/^MemTotal:/ {printf "%d", $2 / 1024 * 0.9}' /proc/meminfo)
     cat <<EOF
 $MARKER
