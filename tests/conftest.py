@@ -23,6 +23,42 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 CIFAR10_JPEG = SHARED_DATA / "cifar10-jpeg.tar.gz"
 
 
+# --------------------------------------------------------------------------------------- parallel runs
+# `pytest -n 2 --dist loadfile` (workflow/scripts/test.sh) runs each test file on one worker, in order, so module
+# fixtures are built once. The SLURM tests (tests/test_slurm*.py, and only there) share the one local cluster
+# (2 cores, 2 GPU slots): the scheduler below keeps all of them on one worker, one after another and first, since
+# together they take longest and mostly wait on the SLURM plugin's status polls, which the other worker fills with
+# CPU-bound tests.
+SLURM_FILES = "test_slurm"
+
+
+def _is_slurm_file(nodeid: str) -> bool:
+    return Path(nodeid.split("::", 1)[0]).name.startswith(SLURM_FILES)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    misplaced = [item.nodeid for item in items if item.get_closest_marker("slurm") and not _is_slurm_file(item.nodeid)]
+    if misplaced:
+        raise pytest.UsageError(f"SLURM tests belong in tests/{SLURM_FILES}*.py (they must never overlap): {misplaced}")
+    items.sort(key=lambda item: not _is_slurm_file(item.nodeid))  # stable: otherwise in collection order
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FilesWithSlurmTogether(LoadScopeScheduling):
+        """--dist loadfile, with every SLURM test file in one scope; scopes in collection order (SLURM first)."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return SLURM_FILES if _is_slurm_file(nodeid) else nodeid.split("::", 1)[0]
+
+    config.option.loadscopereorder = False
+    return FilesWithSlurmTogether(config, log)
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"

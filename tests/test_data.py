@@ -241,12 +241,3 @@ def test_augment_batch_crops_and_flips_like_the_paper() -> None:
     assert torch.equal(out[0], padded[0, :, 0:4, 0:4])
     assert torch.equal(out[1], padded[1, :, 2:6, 1:5].flip(2))
     assert out[0, 0, 0, 0] == 0  # zero padding, as the paper
-
-
-@pytest.mark.realdata
-@pytest.mark.slow
-def test_real_cifar10_jpeg_image_folder(cifar10_jpeg_prepared: Path) -> None:
-    data = load_prepared(cifar10_jpeg_prepared)
-    assert data.train_images.shape == (50000, 3, 32, 32) and data.test_images.shape == (10000, 3, 32, 32)
-    assert data.meta["classes"][:3] == ["airplane", "automobile", "bird"]
-    assert np.bincount(data.test_labels).tolist() == [1000] * 10

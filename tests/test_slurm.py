@@ -15,10 +15,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -104,14 +106,23 @@ def run_snakemake_on_slurm(
     timeout: int = 150,
     check: bool = True,
     log_name: str = "snakemake_slurm.log",
+    while_running: Callable[[subprocess.Popen], None] | None = None,
 ) -> tuple[int, str]:
     """Run snakemake through SLURM with `--directory workdir` and return (exit code, log text).
 
     The default Snakefile is found from workdir (Snakefile or workflow/Snakefile there); pass
-    `snakefile=` for another one (e.g. REPO / "Snakefile"). With check=True a
-    non-zero exit fails the test and shows the end of the log."""
+    `snakefile=` for another one (e.g. REPO / "Snakefile"). `while_running(process)` acts on the
+    running workflow (requeue or signal a job); if it fails, Snakemake is interrupted (SIGINT: it
+    cancels its jobs). With check=True a non-zero exit fails the test and shows the end of the log."""
     proc = start_snakemake_on_slurm(workdir, targets, profile, snakefile, extra_args, timeout, log_name)
-    rc = proc.wait()
+    try:
+        if while_running:
+            while_running(proc)
+        rc = proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
     text = (Path(workdir) / log_name).read_text(errors="replace")
     if check and rc != 0:
         pytest.fail(f"snakemake exited {rc} (124: timed out after {timeout}s); log tail:\n{text[-6000:]}")
@@ -401,17 +412,14 @@ def test_signalled_job_checkpoints_and_is_retried(slurm_cluster, tmp_path):
     """The time-limit warning (--signal=TERM@300), sent by hand with `scancel --signal=TERM`: the
     trainer checkpoints and exits, the job fails, snakemake's retry resumes from the checkpoint."""
     _setup_preempt(tmp_path)
-    proc = start_snakemake_on_slurm(tmp_path, timeout=120)
-    try:
-        job_id = _wait_for_step(tmp_path, proc, 2)
-        subprocess.run(["scancel", "--signal=TERM", job_id], check=True)
-        rc = proc.wait(timeout=150)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(2)
-            proc.wait(timeout=60)
-    log = (tmp_path / "snakemake_slurm.log").read_text()
-    assert rc == 0, log[-5000:]
+    signalled: list[str] = []
+
+    def signal_the_trainer(proc: subprocess.Popen) -> None:
+        signalled.append(_wait_for_step(tmp_path, proc, 2))
+        subprocess.run(["scancel", "--signal=TERM", signalled[0]], check=True)
+
+    _, log = run_snakemake_on_slurm(tmp_path, timeout=120, while_running=signal_the_trainer)
+    job_id = signalled[0]
     ids = submitted_job_ids(log)
     assert len(ids) == 2 and ids[0] == job_id, ids  # the retry is a new SLURM job
     assert (tmp_path / "model/net.txt").read_text() == EXPECTED_RESULT

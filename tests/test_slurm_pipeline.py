@@ -1,5 +1,5 @@
 """The real pipeline through a real (local, single-node) SLURM cluster: every job a SLURM job with results
-identical to a local run, and a requeued training job resuming from its checkpoint."""
+identical to a local run, with a requeued training job resuming from its checkpoint."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_imagenet import imagenet_config, tiny_imagenet  # noqa: F401 - fixture
 from test_pipeline import make_workspace, snakemake
 from test_slurm import (
     run_snakemake_on_slurm,
     scontrol_show_job,
     slurm_cluster,  # noqa: F401 - fixture
-    start_snakemake_on_slurm,
     submitted_job_ids,
     wait_for,
 )
@@ -51,14 +51,35 @@ def _comparable(metrics_path: Path) -> dict:
     return metrics
 
 
-def test_demo_workflow_runs_as_slurm_jobs_with_local_results(slurm_cluster, tmp_path: Path) -> None:  # noqa: F811
-    config = demo_config()
+def train_job_of(model: str, log: str) -> str:
+    """The SLURM job id of `model`'s training job among those Snakemake submitted."""
+    for job_id in submitted_job_ids(log):
+        if scontrol_show_job(job_id).get("Comment", "") == f"rule_train_wildcards_digits_{model}_0":
+            return job_id
+    raise AssertionError(f"no training job of {model} in:\n{log[-3000:]}")
+
+
+def test_demo_on_slurm_with_a_requeued_training_job_matches_a_local_run(slurm_cluster, tmp_path: Path) -> None:  # noqa: F811
+    """Every step of the demo workflow a SLURM job, and one training job requeued mid-run (what preemption does):
+    it resumes from its checkpoint, and every result is byte for byte that of an uninterrupted local run."""
+    config = demo_config(iterations=200, checkpoint_every=10)
     on_slurm = make_workspace(tmp_path / "slurm", config)
     local = make_workspace(tmp_path / "local", config)
-    _, log = run_snakemake_on_slurm(on_slurm, ["demo"], timeout=600)  # fails the test itself on error
+
+    def requeue_resnet8(_: subprocess.Popen) -> None:
+        wait_for((on_slurm / "results/digits/resnet8/seed0/checkpoint.pt").exists, 300, "resnet8's first checkpoint")
+        job_id = train_job_of("resnet8", (on_slurm / "snakemake_slurm.log").read_text())
+        subprocess.run(["scontrol", "requeue", job_id], check=True)
+        # SLURM holds a requeued job for one credential lifetime (cred_expire, 10 s on the test cluster)
+        wait_for(lambda: scontrol_show_job(job_id).get("Restarts") == "1", 60, "the requeued job")
+
+    _, log = run_snakemake_on_slurm(on_slurm, ["demo"], timeout=600, while_running=requeue_resnet8)
     ids = submitted_job_ids(log)
-    # prepare, 2 x (train, evaluate, responses), render: every job went through sbatch.
+    # prepare, 2 x (train, evaluate, responses), render: every job went through sbatch; the requeued one kept its id.
     assert len(ids) == len(set(ids)) == 8, log[-3000:]
+    train_log = (on_slurm / "logs/train/digits/resnet8/seed0.log").read_text()
+    assert re.search(r"resuming resnet8 seed 0 from iteration \d+", train_log), train_log[-3000:]
+
     snakemake(local, "demo")
     for model in ("plain8", "resnet8"):
         folder = f"results/digits/{model}/seed0"
@@ -69,34 +90,18 @@ def test_demo_workflow_runs_as_slurm_jobs_with_local_results(slurm_cluster, tmp_
     ).read_text()
 
 
-def test_requeued_training_job_resumes_and_matches_an_uninterrupted_run(slurm_cluster, tmp_path: Path) -> None:  # noqa: F811
-    config = demo_config(iterations=200, models=("resnet8",), checkpoint_every=10)
+# ---------------------------------------------------------------------------------------------- ImageNet
+def test_two_task_slurm_job_trains_data_parallel(slurm_cluster, tiny_imagenet: Path, tmp_path: Path) -> None:  # noqa: F811
+    """One SLURM job with 2 tasks: `launch` sruns a torchrun agent per task, c10d rendezvous, gloo on CPU."""
+    config = imagenet_config(tiny_imagenet, nodes=2, per_node=1, workers=0)
     workspace = make_workspace(tmp_path / "ws", config)
-    reference = make_workspace(tmp_path / "reference", config)
-    process = start_snakemake_on_slurm(workspace, ["results/digits/resnet8/seed0/model.pt"], timeout=900)
-    checkpoint = workspace / "results/digits/resnet8/seed0/checkpoint.pt"
-    try:
-        wait_for(checkpoint.exists, 300, "the training job's first checkpoint")
-        job_id = submitted_job_ids((workspace / "snakemake_slurm.log").read_text())[-1]
-        subprocess.run(["scontrol", "requeue", job_id], check=True)
-
-        def released() -> bool:  # SLURM holds a requeued job ~2 minutes; start it now
-            job = scontrol_show_job(job_id)
-            if job["JobState"] == "PENDING":
-                subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
-                return True
-            return job.get("Restarts") == "1"
-
-        wait_for(released, 60, "the requeued job")
-        rc = process.wait(timeout=900)
-    finally:
-        if process.poll() is None:
-            process.send_signal(2)
-            process.wait(timeout=60)
-    log = (workspace / "snakemake_slurm.log").read_text()
-    assert rc == 0, log[-5000:]
-    train_log = (workspace / "logs/train/digits/resnet8/seed0.log").read_text()
-    assert re.search(r"resuming resnet8 seed 0 from iteration \d+", train_log), train_log[-3000:]
-    snakemake(reference, "results/digits/resnet8/seed0/model.pt")
-    model = "results/digits/resnet8/seed0/model.pt"
-    assert (workspace / model).read_bytes() == (reference / model).read_bytes()
+    target = "results/imagenet/resnet18/seed0/metrics.json"
+    _, log = run_snakemake_on_slurm(workspace, [target], timeout=400)
+    ids = submitted_job_ids(log)
+    assert len(ids) == 3, log[-3000:]  # index, train, evaluate
+    train_id = next(i for i in ids if scontrol_show_job(i).get("Comment", "").startswith("rule_train_imagenet"))
+    assert scontrol_show_job(train_id)["NumTasks"] == "2"
+    train_log = (workspace / "logs/train/imagenet/resnet18/seed0.log").read_text()
+    assert "launch: srun --ntasks=2 --kill-on-bad-exit=1" in train_log, train_log[-3000:]
+    assert "--rdzv-backend c10d" in train_log and "global batch 16 = 2 x 8" in train_log
+    assert json.loads((workspace / target).read_text())["provenance"]["train_world_size"] == 2

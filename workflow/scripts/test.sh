@@ -10,7 +10,13 @@ if [[ $(id -u) == 0 ]] && command -v apt-get > /dev/null; then
     bash containers/build.sh  # podman, a Debian base, both images (cached between runs); fails CI if broken
 fi
 set +e
-.venv/bin/python -m pytest "$@"
+# Two workers, a test file at a time each (tests/conftest.py): the SLURM tests, which mostly wait on the cluster,
+# run beside the CPU-bound ones. TEST_WORKERS=0 runs everything in this process.
+# Two test processes on two cores: one OpenMP thread each unless a step asks for more (Snakemake gives a job its
+# rule's threads), and threads that sleep rather than spin while they wait, so neither process burns the cycles the
+# other one needs.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+.venv/bin/python -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile "$@"
 status=$?
 set -e
 if [[ $status == 5 ]]; then
