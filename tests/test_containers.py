@@ -285,6 +285,7 @@ def test_broken_dockerfile_fails_build_clearly(built_images, tmp_path, breakage)
     lines = dockerfile.read_text().splitlines()
     at = next(i for i, line in enumerate(lines) if line.startswith("COPY containers/requirements-render.lock"))
     dockerfile.write_text("\n".join([*lines[:at], breakage, *lines[at:]]) + "\n")
+    before = working_containers()
     proc = subprocess.run(
         ["bash", str(ctx / "containers" / "build.sh")],
         cwd=ctx,
@@ -306,6 +307,40 @@ def test_broken_dockerfile_fails_build_clearly(built_images, tmp_path, breakage)
     assert breakage.split()[0] in proc.stdout or "exit status 7" in proc.stdout, proc.stdout
     exists = subprocess.run(["podman", "image", "exists", "localhost/resnet-repro-render:0.0.0-broken-test"])
     assert exists.returncode == 1
+    # --force-rm: the failed step's working container is gone (each one would pin gigabytes of layers)
+    assert working_containers() <= before, working_containers() - before
+
+
+def working_containers() -> set[str]:
+    listed = subprocess.run(["podman", "ps", "--all", "--external", "--quiet"], capture_output=True, text=True)
+    return set(listed.stdout.split())
+
+
+def test_build_stops_first_without_disk_space(built_images, tmp_path):
+    """A first build of the training image needs about 14 GiB: with less free, one ERROR line, before any work."""
+    ok, why = podman_installable()
+    if not ok:
+        pytest.skip(why)
+    ctx = tmp_path / "ctx"
+    shutil.copytree(CONTAINERS, ctx / "containers", ignore=shutil.ignore_patterns("wheelhouse"))
+    (ctx / "containers" / "VERSION").write_text("0.0.0-no-space-test\n")
+    proc = subprocess.run(
+        ["bash", str(ctx / "containers" / "build.sh")],
+        cwd=ctx,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "IMAGES": "train", "MIN_FREE_GIB": "1000000"},
+        timeout=120,
+    )
+    assert proc.returncode != 0, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("[containers/build.sh] ERROR")]
+    assert len(errors) == 1, proc.stderr
+    assert re.fullmatch(
+        r"\[containers/build.sh\] ERROR: building the training image needs about 1000000 GiB free for \S+; "
+        r"only \d+ GiB are",
+        errors[0],
+    ), errors[0]
+    assert not (ctx / "containers" / "wheelhouse").exists()  # nothing downloaded
 
 
 # --- the real pipeline: the demo's train and render steps inside the images -----------------

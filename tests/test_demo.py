@@ -4,6 +4,10 @@ accepted by DVC, rendered into figures, tables and the HTML report."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,9 +15,27 @@ import yaml
 from conftest import REPO
 from test_pipeline import dvc_stages_run, make_workspace, planned_jobs, sh, snakemake
 
-pytestmark = pytest.mark.slow
+
+def test_setup_stops_first_without_disk_space(tmp_path: Path) -> None:
+    """Creating .venv takes about 6 GiB (torch's CUDA build): with less free, one line, before pip starts."""
+    scripts = tmp_path / "workflow" / "scripts"
+    scripts.mkdir(parents=True)
+    shutil.copy(REPO / "workflow/scripts/setup_env.sh", scripts)
+    proc = subprocess.run(
+        ["bash", str(scripts / "setup_env.sh")],
+        env={**os.environ, "MIN_FREE_GIB": "1000000"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert re.fullmatch(
+        r"error: creating \.venv needs about 1000000 GiB free on \S+; only \d+ GiB are", proc.stderr.strip()
+    )
+    assert not (tmp_path / ".venv").exists()
 
 
+@pytest.mark.slow
 def test_demo_end_to_end(tmp_path: Path) -> None:
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     workspace = make_workspace(tmp_path / "ws", config)
