@@ -268,41 +268,58 @@ def test_missing_image_fails_snakemake_clearly(built_images, tmp_path):
 # --- build.sh on a broken Dockerfile ------------------------------------------------------
 
 
-@pytest.mark.parametrize("breakage", ["RUNN echo unknown-instruction", "RUN echo failing-step && exit 7"])
-def test_broken_dockerfile_fails_build_clearly(built_images, tmp_path, breakage):
-    """A copy of the build context whose Dockerfile.render is broken: build.sh exits non-zero with
-    one clear ERROR line (the temp copy has its own VERSION, so no real tag is touched)."""
+def context_copy(tmp_path: Path, version: str) -> Path:
+    """A copy of the build context with its own VERSION, so no real tag is touched. Same CA certificates as the
+    real build, so the shared base layers come from podman's cache."""
     ok, why = podman_installable()
     if not ok:
         pytest.skip(why)
     ctx = tmp_path / "ctx"
-    # same CA certificates as the real build, so the shared base layers come from podman's cache
     shutil.copytree(CONTAINERS, ctx / "containers", ignore=shutil.ignore_patterns("wheelhouse"))
     shutil.copytree(ROOT / "src", ctx / "src", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", ctx)
-    (ctx / "containers" / "VERSION").write_text("0.0.0-broken-test\n")
-    dockerfile = ctx / "containers" / "Dockerfile.render"
-    lines = dockerfile.read_text().splitlines()
-    at = next(i for i, line in enumerate(lines) if line.startswith("COPY containers/requirements-render.lock"))
-    dockerfile.write_text("\n".join([*lines[:at], breakage, *lines[at:]]) + "\n")
-    before = working_containers()
+    (ctx / "containers" / "VERSION").write_text(f"{version}\n")
+    return ctx
+
+
+def build_failing(ctx: Path, timeout: float, **env: str) -> tuple[subprocess.CompletedProcess, str]:
+    """Run the copy's build.sh, which must fail with exactly one ERROR line; return the process and that line."""
     proc = subprocess.run(
         ["bash", str(ctx / "containers" / "build.sh")],
         cwd=ctx,
         capture_output=True,
         text=True,
-        env={**os.environ, "IMAGES": "render"},
-        timeout=900,
+        env={**os.environ, **env},
+        timeout=timeout,
     )
     assert proc.returncode != 0, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("[containers/build.sh] ERROR")]
     assert len(errors) == 1, proc.stderr
+    return proc, errors[0]
+
+
+def working_containers() -> set[str]:
+    listed = subprocess.run(["podman", "ps", "--all", "--external", "--quiet"], capture_output=True, text=True)
+    return set(listed.stdout.split())
+
+
+@pytest.mark.parametrize("breakage", ["RUNN echo unknown-instruction", "RUN echo failing-step && exit 7"])
+def test_broken_dockerfile_fails_build_clearly(built_images, tmp_path, breakage):
+    """A copy of the build context whose Dockerfile.render is broken: build.sh exits non-zero with
+    one clear ERROR line."""
+    ctx = context_copy(tmp_path, "0.0.0-broken-test")
+    dockerfile = ctx / "containers" / "Dockerfile.render"
+    lines = dockerfile.read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("COPY containers/requirements-render.lock"))
+    dockerfile.write_text("\n".join([*lines[:at], breakage, *lines[at:]]) + "\n")
+    before = working_containers()
+    proc, error = build_failing(ctx, 900, IMAGES="render")
     assert re.fullmatch(
         r"\[containers/build.sh\] ERROR: building localhost/resnet-repro-render:0.0.0-broken-test from "
         r"containers/Dockerfile.render failed \(podman build exit \d+\); "
         r"the podman output above names the failing instruction",
-        errors[0],
-    ), errors[0]
+        error,
+    ), error
     # podman's own message names the culprit
     assert breakage.split()[0] in proc.stdout or "exit status 7" in proc.stdout, proc.stdout
     exists = subprocess.run(["podman", "image", "exists", "localhost/resnet-repro-render:0.0.0-broken-test"])
@@ -311,35 +328,15 @@ def test_broken_dockerfile_fails_build_clearly(built_images, tmp_path, breakage)
     assert working_containers() <= before, working_containers() - before
 
 
-def working_containers() -> set[str]:
-    listed = subprocess.run(["podman", "ps", "--all", "--external", "--quiet"], capture_output=True, text=True)
-    return set(listed.stdout.split())
-
-
 def test_build_stops_first_without_disk_space(built_images, tmp_path):
     """A first build of the training image needs about 14 GiB: with less free, one ERROR line, before any work."""
-    ok, why = podman_installable()
-    if not ok:
-        pytest.skip(why)
-    ctx = tmp_path / "ctx"
-    shutil.copytree(CONTAINERS, ctx / "containers", ignore=shutil.ignore_patterns("wheelhouse"))
-    (ctx / "containers" / "VERSION").write_text("0.0.0-no-space-test\n")
-    proc = subprocess.run(
-        ["bash", str(ctx / "containers" / "build.sh")],
-        cwd=ctx,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "IMAGES": "train", "MIN_FREE_GIB": "1000000"},
-        timeout=120,
-    )
-    assert proc.returncode != 0, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("[containers/build.sh] ERROR")]
-    assert len(errors) == 1, proc.stderr
+    ctx = context_copy(tmp_path, "0.0.0-no-space-test")
+    _, error = build_failing(ctx, 120, IMAGES="train", MIN_FREE_GIB="1000000")
     assert re.fullmatch(
         r"\[containers/build.sh\] ERROR: building the training image needs about 1000000 GiB free for \S+; "
         r"only \d+ GiB are",
-        errors[0],
-    ), errors[0]
+        error,
+    ), error
     assert not (ctx / "containers" / "wheelhouse").exists()  # nothing downloaded
 
 

@@ -239,6 +239,18 @@ def _validate_model(name: str) -> None:
         raise ConfigError(f"unknown model {name!r}; `resnet-repro models` lists them")
 
 
+def add_run_arguments(p: argparse.ArgumentParser, data_help: str, default_schedule: str) -> None:
+    """The options naming one training run, shared by `train` and `train-imagenet`."""
+    p.add_argument("--model", required=True, help="registered model name (see `resnet-repro models`)")
+    p.add_argument("--data", required=True, help=data_help)
+    p.add_argument("--out", required=True, help="run folder (model.pt, history.csv, epochs.csv)")
+    p.add_argument("--schedule", help=f"named schedule (default: {default_schedule})")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a schedule setting")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", help="take the schedule, settings (and distributed options) from this config.yaml")
+    p.add_argument("--experiment", help="with --config: the experiment defining this run")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="resnet-repro",
@@ -269,15 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train one model (resumes a matching checkpoint in --out)")
-    p.add_argument("--model", required=True, help="registered model name (see `resnet-repro models`)")
-    p.add_argument("--data", required=True, help="prepared dataset folder")
-    p.add_argument("--out", required=True, help="run folder (model.pt, history.csv, epochs.csv)")
-    p.add_argument("--schedule", help="named schedule (default: cifar_paper)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a schedule setting")
-    p.add_argument("--seed", type=int, default=0)
+    add_run_arguments(p, "prepared dataset folder", "cifar_paper")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
-    p.add_argument("--config", help="take schedule and settings from this config.yaml (pipeline mode)")
-    p.add_argument("--experiment", help="with --config: the experiment defining this run")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a trained run into metrics.json")
@@ -303,17 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
         "train-imagenet",
         help="train one model from the streaming ImageNet loader; one rank of a torchrun job (see `launch`)",
     )
-    p.add_argument("--model", required=True, help="registered model name (see `resnet-repro models`)")
-    p.add_argument("--data", required=True, help="ImageNet index folder (`resnet-repro index-imagenet`)")
-    p.add_argument("--out", required=True, help="run folder (model.pt, history.csv, epochs.csv)")
-    p.add_argument("--schedule", help="named schedule (default: imagenet_paper)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a schedule setting")
-    p.add_argument("--seed", type=int, default=0)
+    add_run_arguments(p, "ImageNet index folder (`resnet-repro index-imagenet`)", "imagenet_paper")
     p.add_argument("--device", help="auto (CUDA + NCCL if present, else CPU + gloo), cpu or cuda")
     p.add_argument("--workers", type=int, help="DataLoader workers per process (default: config or 4)")
     p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None, help="SyncBatchNorm")
-    p.add_argument("--config", help="take schedule, settings and distributed options from this config.yaml")
-    p.add_argument("--experiment", help="with --config: the experiment defining this run")
     p.set_defaults(func=cmd_train_imagenet)
 
     p = sub.add_parser(

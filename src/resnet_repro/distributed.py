@@ -55,6 +55,7 @@ from .train import (
     atomic_torch_save,
     choose_runtime,
     close_epoch,
+    close_interval,
     end_warmup_if_due,
     initial_state,
     load_checkpoint,
@@ -386,24 +387,18 @@ def _train(spec: DistSpec, world: World, device: torch.device, log: ProgressLog 
             if at_epoch_end:
                 close_epoch(state, iteration, steps_per_epoch, lr, settings.batch_size, rate)
             if at_eval:
-                test_loss, test_error = evaluate_center()
-                train_loss, train_error = take_tally(state, "interval", settings.batch_size)
-                row = {
-                    "iteration": iteration,
-                    "epoch": round(iteration / steps_per_epoch, 4),
-                    "lr": lr,
-                    "train_loss": train_loss,
-                    "train_error": train_error,
-                    "test_loss": test_loss,
-                    "test_error": test_error,
-                    "images_per_s": round(rate * settings.batch_size, 1),
-                    "elapsed_s": round(elapsed, 2),
-                }
-                state["history"].append(row)
-                log.line(
-                    f"iter {iteration}/{settings.iterations} epoch {row['epoch']:.2f} lr {lr:g} train loss "
-                    f"{train_loss:.4f} err {train_error:.4f} | val (centre crop) loss {test_loss:.4f} err "
-                    f"{test_error:.4f} | {row['images_per_s']:.0f} img/s"
+                close_interval(
+                    state,
+                    log,
+                    iteration,
+                    settings.iterations,
+                    steps_per_epoch,
+                    lr,
+                    settings.batch_size,
+                    rate,
+                    elapsed,
+                    evaluate_center(),
+                    "val (centre crop)",
                 )
                 if world.main:
                     write_csv(out / "history.csv", HISTORY_FIELDS, state["history"])

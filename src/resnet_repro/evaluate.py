@@ -43,6 +43,27 @@ def load_trained_model(path: Path) -> tuple[torch.nn.Module, dict]:
     return model, saved
 
 
+def accuracy_metrics(
+    scores: torch.Tensor, truth: torch.Tensor, classes: list[str]
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """Top-1 error and accuracy, top-k accuracy (k = 5, or fewer classes) and per-class accuracy of `scores`
+    ([N, classes] logits or probabilities) against `truth`, as metrics.json keys; and the confusion matrix."""
+    k = min(5, len(classes))
+    top = scores.topk(k, dim=1).indices
+    predicted = top[:, 0]
+    confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
+    confusion.index_put_((truth, predicted), torch.ones_like(truth), accumulate=True)
+    per_class = (confusion.diag().double() / confusion.sum(1).clamp(min=1)).tolist()
+    accuracy = (predicted == truth).double().mean().item()
+    metrics = {
+        "test_error": round(1 - accuracy, 6),
+        "top1_accuracy": round(accuracy, 6),
+        f"top{k}_accuracy": round((top == truth[:, None]).any(1).double().mean().item(), 6),
+        "per_class_accuracy": {name: round(value, 6) for name, value in zip(classes, per_class, strict=True)},
+    }
+    return metrics, confusion
+
+
 def _last_train_row(run_dir: Path) -> dict[str, float]:
     for name in ("epochs.csv", "history.csv"):
         path = run_dir / name
@@ -86,25 +107,16 @@ def evaluate(model_path: Path, data_dir: Path, out: Path, device: str = "auto") 
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
     logits, labels = evaluate_arrays(model, DeviceData(data, settings, target), runtime)
-    classes = data.meta["classes"]
-    k = min(5, len(classes))
-    top = logits.topk(k, dim=1).indices
-    predicted = top[:, 0]
-    confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
-    confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
-    per_class = (confusion.diag().double() / confusion.sum(1).clamp(min=1)).tolist()
+    accuracy, confusion = accuracy_metrics(logits, labels, data.meta["classes"])
     metrics: dict[str, Any] = {
         "model": saved["model_name"],
         "dataset": saved["dataset"]["name"],
         "split": settings.split,
         "seed": saved["seed"],
-        "test_error": round(1 - (predicted == labels).double().mean().item(), 6),
+        **accuracy,
         "test_loss": round(F.cross_entropy(logits, labels).item(), 6),
-        "top1_accuracy": round((predicted == labels).double().mean().item(), 6),
-        f"top{k}_accuracy": round((top == labels[:, None]).any(1).double().mean().item(), 6),
         **{key: round(value, 6) for key, value in _last_train_row(model_path.parent).items()},
         "parameters": count_parameters(model),
-        "per_class_accuracy": {name: round(value, 6) for name, value in zip(classes, per_class, strict=True)},
         "confusion_matrix": confusion.tolist(),
         "provenance": provenance(saved, target),
     }

@@ -54,36 +54,8 @@ def default_lock_dir() -> Path:
 def acquire_gpu_slot(timeout: float = 24 * 3600, poll: float = 0.5, lock_dir: Path | None = None) -> GpuSlot | None:
     """Take a free GPU slot and export CUDA_VISIBLE_DEVICES; None when there is nothing to arbitrate (no GPUs,
     or a scheduler already chose the devices). Waits while all slots are taken."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
-        return None
-    slots = count_gpus()
-    if slots <= 0:
-        return None
-    folder = lock_dir or default_lock_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + timeout
-    announced = False
-    while True:
-        for index in range(slots):
-            path = folder / f"gpu{index}.lock"
-            handle = open(path, "a+")  # held open for the life of the slot
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
-                continue
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{os.getpid()}\n")
-            handle.flush()
-            os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
-            return GpuSlot(index, path, handle)
-        if time.monotonic() > deadline:
-            raise ReproError(f"no free GPU slot among {slots} in {folder} after {timeout:.0f} s")
-        if not announced:
-            print(f"all {slots} GPU slots are busy; waiting for one ({folder})", file=sys.stderr)
-            announced = True
-        time.sleep(poll)
+    taken = acquire_gpu_slots(1, timeout, poll, lock_dir)
+    return taken[0] if taken else None
 
 
 def acquire_gpu_slots(
@@ -124,8 +96,9 @@ def acquire_gpu_slots(
         for slot in taken:
             slot.release()
         if time.monotonic() > deadline:
-            raise ReproError(f"no {count} free GPU slots among {slots} in {folder} after {timeout:.0f} s")
+            raise ReproError(f"no {count} free GPU slot(s) among {slots} in {folder} after {timeout:.0f} s")
         if not announced:
-            print(f"waiting for {count} free GPU slots of {slots} ({folder})", file=sys.stderr)
+            wanted = "a free one" if count == 1 else f"{count} free at once"
+            print(f"waiting for {wanted} of {slots} GPU slots ({folder})", file=sys.stderr)
             announced = True
         time.sleep(poll)

@@ -482,7 +482,7 @@ def evaluate(
     import torch
     import torch.nn.functional as F
 
-    from .evaluate import _last_train_row, load_trained_model, provenance
+    from .evaluate import _last_train_row, accuracy_metrics, load_trained_model, provenance
     from .models import count_parameters
     from .settings import TrainSettings
     from .train import atomic_write_bytes, choose_runtime, pick_device
@@ -524,29 +524,22 @@ def evaluate(
             labels.append(y)
     probs, single, truth = torch.cat(probs_10), torch.cat(logits_1), torch.cat(labels)
     classes = index.classes
+    accuracy, confusion = accuracy_metrics(probs, truth, classes)
     k = min(5, len(classes))
-    top = probs.topk(k, dim=1).indices
-    predicted = top[:, 0]
-    confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
-    confusion.index_put_((truth, predicted), torch.ones_like(truth), accumulate=True)
-    per_class = (confusion.diag().double() / confusion.sum(1).clamp(min=1)).tolist()
     single_top = single.topk(k, dim=1).indices
     metrics: dict[str, Any] = {
         "model": saved["model_name"],
         "dataset": "imagenet",
         "split": "val",
         "seed": saved["seed"],
-        "test_error": round(1 - (predicted == truth).double().mean().item(), 6),
+        **accuracy,
         "test_loss": round(F.nll_loss(probs.clamp(min=1e-12).log(), truth).item(), 6),
-        "top1_accuracy": round((predicted == truth).double().mean().item(), 6),
-        f"top{k}_accuracy": round((top == truth[:, None]).any(1).double().mean().item(), 6),
         "testing": "10-crop (shorter side resized to test_resize; centre, 4 corners and their mirrors; mean softmax)",
         "single_crop_error": round(1 - (single_top[:, 0] == truth).double().mean().item(), 6),
         f"single_crop_top{k}_error": round(1 - (single_top == truth[:, None]).any(1).double().mean().item(), 6),
         "single_crop_loss": round(F.cross_entropy(single, truth).item(), 6),
         **{key: round(value, 6) for key, value in _last_train_row(model_path.parent).items()},
         "parameters": count_parameters(model),
-        "per_class_accuracy": {name: round(value, 6) for name, value in zip(classes, per_class, strict=True)},
         # 1000x1000 would be megabytes of JSON, mostly zeros: kept only for small class counts.
         **({"confusion_matrix": confusion.tolist()} if len(classes) <= 100 else {}),
         "provenance": {

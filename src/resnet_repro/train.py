@@ -439,6 +439,40 @@ def close_epoch(
     )
 
 
+def close_interval(
+    state: dict[str, Any],
+    log: ProgressLog,
+    iteration: int,
+    iterations: int,
+    steps_per_epoch: int,
+    lr: float,
+    batch: int,
+    rate: float,
+    elapsed: float,
+    test: tuple[float, float],
+    test_name: str,
+) -> None:
+    """Append the evaluation's history row (train loss/error since the last one, and `test`) and log it."""
+    train_loss, train_error = take_tally(state, "interval", batch)
+    test_loss, test_error = test
+    row = {
+        "iteration": iteration,
+        "epoch": round(iteration / steps_per_epoch, 4),
+        "lr": lr,
+        "train_loss": train_loss,
+        "train_error": train_error,
+        "test_loss": test_loss,
+        "test_error": test_error,
+        "images_per_s": round(rate * batch, 1),
+        "elapsed_s": round(elapsed, 2),
+    }
+    state["history"].append(row)
+    log.line(
+        f"iter {iteration}/{iterations} epoch {row['epoch']:.2f} lr {lr:g} train loss {train_loss:.4f} err "
+        f"{train_error:.4f} | {test_name} loss {test_loss:.4f} err {test_error:.4f} | {row['images_per_s']:.0f} img/s"
+    )
+
+
 def train(spec: RunSpec, log: ProgressLog | None = None) -> Path:
     """Train one run to completion (resuming a matching checkpoint) and return the path of model.pt."""
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
@@ -567,23 +601,18 @@ def _train(spec: RunSpec, log: ProgressLog | None) -> Path:
             logits_test, labels = evaluate_arrays(model, device_data, runtime)
             test_loss = F.cross_entropy(logits_test, labels).item()
             test_error = (logits_test.argmax(1) != labels).float().mean().item()
-            train_loss, train_error = take_tally(state, "interval", batch)
-            row = {
-                "iteration": iteration,
-                "epoch": round(iteration / steps_per_epoch, 4),
-                "lr": lr,
-                "train_loss": train_loss,
-                "train_error": train_error,
-                "test_loss": test_loss,
-                "test_error": test_error,
-                "images_per_s": round(rate * batch, 1),
-                "elapsed_s": round(elapsed, 2),
-            }
-            state["history"].append(row)
-            log.line(
-                f"iter {iteration}/{settings.iterations} epoch {row['epoch']:.2f} lr {lr:g} "
-                f"train loss {train_loss:.4f} err {train_error:.4f} | {settings.split} "
-                f"loss {test_loss:.4f} err {test_error:.4f} | {row['images_per_s']:.0f} img/s"
+            close_interval(
+                state,
+                log,
+                iteration,
+                settings.iterations,
+                steps_per_epoch,
+                lr,
+                batch,
+                rate,
+                elapsed,
+                (test_loss, test_error),
+                settings.split,
             )
             write_csv(out / "history.csv", HISTORY_FIELDS, state["history"])
             write_csv(out / "epochs.csv", EPOCH_FIELDS, state["epochs"])
