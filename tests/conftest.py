@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import io
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pytest
@@ -75,6 +80,167 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True, timeout: fl
     if check and result.returncode != 0:
         raise AssertionError(f"resnet-repro {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
     return result
+
+
+# ---------------------------------------------------------------------------------------- process clean-up
+# No process a test starts may outlive it. A test that starts a long-lived process starts it in a session (and so
+# a process group) of its own (`start_new_session=True`) and hands it to `kill_at_teardown`, or kills the group
+# itself in a `finally` with `kill_process_group`: SIGTERM to the whole group, a few seconds' grace, then SIGKILL.
+# (SLURM job processes are children of slurmstepd, not of the test: the SLURM tests `scancel` their jobs.)
+def _group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes in process group pgid."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
+                state, _ppid, pgrp = f.read().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if int(pgrp) == pgid and state not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
+def process_group_alive(pgid: int) -> bool:
+    if os.path.isdir("/proc/self"):
+        return bool(_group_members(pgid))
+    try:  # no /proc: a zombie counts as alive here
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def kill_process_group(proc: subprocess.Popen | int, grace: float = 5.0) -> list[int]:
+    """Stop every process in the group led by proc (started with start_new_session=True): SIGTERM, up to `grace`
+    seconds for them to exit, then SIGKILL. Reaps proc. Returns the pids that were still alive for SIGKILL."""
+    pgid = proc if isinstance(proc, int) else proc.pid
+
+    def reap() -> None:
+        if not isinstance(proc, int):
+            proc.poll()
+
+    def signal_group(sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+
+    reap()
+    killed: list[int] = []
+    if process_group_alive(pgid):
+        signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            reap()
+            if not process_group_alive(pgid):
+                break
+            time.sleep(0.1)
+        else:
+            killed = _group_members(pgid) if os.path.isdir("/proc/self") else [pgid]
+            signal_group(signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and process_group_alive(pgid):
+                reap()
+                time.sleep(0.05)
+    if not isinstance(proc, int):
+        with contextlib.suppress(subprocess.TimeoutExpired):  # it is in the group: SIGKILL reached it
+            proc.wait(timeout=10)
+    return killed
+
+
+def kill_processes(pids: list[int], grace: float = 5.0) -> list[int]:
+    """SIGTERM to each of pids, up to `grace` seconds for them to exit, then SIGKILL to those still alive (for
+    processes that are not in one group of ours). Returns the pids that got SIGKILL."""
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except (OSError, IndexError):
+            return False
+
+    def send(pids: list[int], sig: signal.Signals) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+    send(pids, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(alive(pid) for pid in pids):
+        time.sleep(0.1)
+    survivors = [pid for pid in pids if alive(pid)]
+    send(survivors, signal.SIGKILL)
+    return survivors
+
+
+def processes_with_env(**wanted: str | set[str]) -> list[int]:
+    """Pids of the live processes (that we may read) whose environment has every NAME=value given (a set: any of
+    its values). E.g. SLURM job processes: processes_with_env(SLURM_JOB_ID={"12", "13"})."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        env = dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+        if all(env.get(name) in (value if isinstance(value, set) else {value}) for name, value in wanted.items()):
+            found.append(int(entry.name))
+    return found
+
+
+_AT_TEARDOWN: list[Callable[[], object]] = []
+
+
+def kill_at_teardown(proc: subprocess.Popen) -> subprocess.Popen:
+    """Kill proc's process group (kill_process_group) when the current test ends, whatever its outcome."""
+    _AT_TEARDOWN.append(lambda: kill_process_group(proc))
+    return proc
+
+
+def at_teardown(action: Callable[[], object]) -> None:
+    """Run action when the current test ends, whatever its outcome (last registered, first run)."""
+    _AT_TEARDOWN.append(action)
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test() -> Iterator[None]:
+    yield
+    errors = []
+    while _AT_TEARDOWN:
+        try:
+            _AT_TEARDOWN.pop()()
+        except Exception as error:  # run every clean-up; report the first failure
+            errors.append(error)
+    if errors:
+        raise errors[0]
+
+
+def run_in_own_group(cmd: list[str], timeout: float, **kwargs: object) -> subprocess.CompletedProcess:
+    """subprocess.run(cmd, capture_output=True, text=True, ...) in a session of its own: once cmd has exited (or
+    at the timeout: TimeoutExpired) whatever it started and left behind is killed (kill_process_group). Output goes
+    through files, not pipes, so a background process that inherited them cannot keep this waiting."""
+
+    def text(f: IO[bytes]) -> str:
+        f.seek(0)
+        return f.read().decode(errors="replace")
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, start_new_session=True, **kwargs)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_process_group(proc)
+            raise subprocess.TimeoutExpired(cmd, timeout, text(out), text(err)) from None
+        finally:
+            kill_process_group(proc)
+        return subprocess.CompletedProcess(cmd, proc.returncode, text(out), text(err))
 
 
 def md5_of(path: Path) -> str:

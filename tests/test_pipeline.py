@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, cli_env
+from conftest import REPO, cli_env, kill_at_teardown, run_in_own_group
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,8 @@ TINY_CONFIG = {
 
 
 def sh(*args: str, cwd: Path, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
-    result = subprocess.run(list(args), cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout)
+    # in a process group of its own: whatever it started dies with it (also at the timeout)
+    result = run_in_own_group(list(args), cwd=cwd, env=cli_env(), timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
@@ -200,6 +201,7 @@ def test_killed_training_job_resumes_from_its_checkpoint(tmp_path: Path) -> None
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+    kill_at_teardown(process)  # also if no checkpoint appears
     checkpoint = workspace / "results/digits/resnet14/seed0/checkpoint.pt"
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and time.monotonic() < deadline:

@@ -4,7 +4,10 @@ The session fixture starts the local test cluster (installing slurm-wlm and mung
 they are missing, which needs root). The tests skip only where that is impossible: no SLURM
 client tools and no root/apt-get to install them, or not root and no running test cluster.
 
-The cluster is left running after the tests (stop it with `workflow/scripts/slurm_cluster.sh stop`).
+The cluster is left running after the tests (stop it with `workflow/scripts/slurm_cluster.sh stop`;
+workflow/scripts/test.sh stops it when it started it). Nothing else is: every snakemake a test starts runs in a
+process group of its own that is killed when the test ends, and the SLURM jobs it submitted that are still
+queued or running are cancelled (`stop_snakemake_on_slurm`).
 
 `run_snakemake_on_slurm()` / `start_snakemake_on_slurm()` are meant for reuse by other tests (e.g.
 the demo workflow through SLURM).
@@ -12,6 +15,7 @@ the demo workflow through SLURM).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -24,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import at_teardown, kill_process_group, kill_processes, processes_with_env, run_in_own_group
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -41,6 +46,7 @@ USER_PROFILE_ON_LOCAL_CLUSTER = (
     "--slurm-keep-successful-logs",
 )
 SUBMITTED_RE = re.compile(r"submitted with SLURM jobid (\d+)")
+CLUSTER_NAME = "resnetrepro"  # ClusterName in the slurm.conf of workflow/scripts/slurm_cluster.sh
 
 
 # ----------------------------------------------------------------------------------------------
@@ -82,19 +88,63 @@ def start_snakemake_on_slurm(
     timeout: int = 150,
     log_name: str = "snakemake_slurm.log",
 ) -> subprocess.Popen:
-    """Start snakemake in the background; its stdout+stderr go to workdir/log_name."""
+    """Start snakemake in the background, in a session (process group) of its own; its stdout+stderr go to
+    workdir/log_name. When the test ends it is stopped and its SLURM jobs cancelled (stop_snakemake_on_slurm),
+    unless the test did that already."""
     workdir = Path(workdir)
     log = open(workdir / log_name, "w")  # the child keeps its own copy
     try:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             snakemake_on_slurm_cmd(workdir, targets, profile, snakefile, extra_args, timeout),
             cwd=workdir,
             env=slurm_env(),
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     finally:
         log.close()
+    at_teardown(lambda: stop_snakemake_on_slurm(proc, workdir / log_name))
+    return proc
+
+
+def cancel_slurm_jobs(job_ids: list[str] | tuple[str, ...], wait: float = 45) -> None:
+    """scancel those of job_ids that are still queued or running, wait (up to `wait` s) until they have left the
+    queue (SIGKILL to their steps when they dawdle), then kill any of their processes that escaped slurmstepd."""
+    ids = set(job_ids)
+    if not ids or shutil.which("squeue") is None:
+        return
+
+    def active() -> set[str]:
+        out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=60)
+        return ids & set(out.stdout.split()) if out.returncode == 0 else set()
+
+    pending = active()
+    if pending:
+        subprocess.run(["scancel", *sorted(pending)], capture_output=True, timeout=60)
+        deadline = time.monotonic() + wait
+        killed = False
+        while pending and time.monotonic() < deadline:
+            time.sleep(0.5)
+            pending = active()
+            if pending and not killed and time.monotonic() > deadline - wait / 2:
+                subprocess.run(["scancel", "--full", "--signal=KILL", *sorted(pending)], capture_output=True)
+                killed = True
+    # proctrack/linuxproc loses processes that were reparented away from the job's process tree
+    kill_processes(processes_with_env(SLURM_JOB_ID=ids, SLURM_CLUSTER_NAME=CLUSTER_NAME))
+
+
+def stop_snakemake_on_slurm(proc: subprocess.Popen, log_path: Path) -> None:
+    """Stop snakemake (started by start_snakemake_on_slurm) if it still runs: SIGINT first, so it cancels its
+    jobs itself; then whatever is left in its process group is killed (kill_process_group) and the SLURM jobs it
+    submitted that are still queued or running are cancelled (cancel_slurm_jobs)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=60)
+    kill_process_group(proc)
+    text = log_path.read_text(errors="replace") if log_path.exists() else ""
+    cancel_slurm_jobs(submitted_job_ids(text))
 
 
 def run_snakemake_on_slurm(
@@ -120,9 +170,7 @@ def run_snakemake_on_slurm(
             while_running(proc)
         rc = proc.wait()
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=60)
+        stop_snakemake_on_slurm(proc, Path(workdir) / log_name)
     text = (Path(workdir) / log_name).read_text(errors="replace")
     if check and rc != 0:
         pytest.fail(f"snakemake exited {rc} (124: timed out after {timeout}s); log tail:\n{text[-6000:]}")
@@ -220,12 +268,10 @@ def test_toy_workflow_runs_as_slurm_jobs(slurm_cluster, tmp_path):
     assert set(job_ids) <= logs
 
     # the same results as a plain local run
-    local = subprocess.run(
+    local = run_in_own_group(
         [str(BIN_DIR / "snakemake"), "--cores", "1", "--directory", str(local_dir)],
         cwd=local_dir,
         env=slurm_env(),
-        capture_output=True,
-        text=True,
         timeout=120,
     )
     assert local.returncode == 0, local.stderr[-3000:]
@@ -288,12 +334,11 @@ TRAIN_SNAKEFILE = """
 
 def test_user_profile_dry_run_and_sbatch_line(slurm_cluster, tmp_path):
     write_snakefile(tmp_path, TRAIN_SNAKEFILE)
-    dry = subprocess.run(
+    dry = run_in_own_group(
         snakemake_on_slurm_cmd(tmp_path, profile=PROFILE_USER, extra_args=["-n"], timeout=60),
         cwd=tmp_path,
         env=slurm_env(),
-        capture_output=True,
-        text=True,
+        timeout=120,
     )
     assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
     # a rule without resources of its own gets the profile's defaults (and no GPU)

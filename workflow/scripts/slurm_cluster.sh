@@ -3,7 +3,10 @@
 #
 #   workflow/scripts/slurm_cluster.sh start   # install what is missing, write config, start daemons,
 #                                             # wait for an idle node (no-op if already up)
-#   workflow/scripts/slurm_cluster.sh stop    # stop slurmd, slurmctld, munged via their pid files
+#   workflow/scripts/slurm_cluster.sh stop    # cancel all jobs, stop slurmd, slurmctld (and its slurmscriptd),
+#                                             # leftover slurmstepd/job processes and munged; waits until they
+#                                             # are gone (SIGKILL after 10 s). `stop DAEMON...` stops only those
+#                                             # of slurmd, slurmctld, munged (jobs go with slurmd).
 #   workflow/scripts/slurm_cluster.sh status  # exit 0 if all daemons run and the node is usable
 #
 # Meant for CI and for trying the SLURM profiles on a laptop or VM (Debian/Ubuntu, as root, no systemd
@@ -218,25 +221,128 @@ all_running() {
     munge_ok && live_pid "$CTLD_PID" >/dev/null && live_pid "$SLURMD_PID" >/dev/null
 }
 
-stop_pidfile() {
-    local name=$1 f=$2 pid i
-    if pid=$(live_pid "$f"); then
-        kill "$pid" 2>/dev/null || true
-        for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$pid" 2>/dev/null; then
-            log "$name ($pid) ignored SIGTERM; killing"
-            kill -9 "$pid" 2>/dev/null || true
-        fi
-        log "stopped $name ($pid)"
+# true while pid exists and is not a zombie
+alive() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    [[ ${stat%% *} != [ZX] ]]
+}
+
+# pids of the live processes named $1 (the kernel's comm, as in `ps -o comm`)
+pids_named() {
+    local d comm
+    for d in /proc/[0-9]*; do
+        comm=$(cat "$d/comm" 2>/dev/null) || continue
+        [[ $comm == "$1" ]] && alive "${d#/proc/}" && echo "${d#/proc/}"
+    done
+    return 0
+}
+
+# pids of the live processes whose environment holds the line $1 (e.g. SLURM_CLUSTER_NAME=resnetrepro)
+pids_with_env() {
+    local d
+    for d in /proc/[0-9]*; do
+        [[ ${d#/proc/} == "$$" || ${d#/proc/} == "$BASHPID" ]] && continue
+        tr '\0' '\n' 2>/dev/null <"$d/environ" | grep -qxF "$1" && alive "${d#/proc/}" && echo "${d#/proc/}"
+    done
+    return 0
+}
+
+# SIGTERM to the pids given, up to 10 s for them to exit, then SIGKILL and wait until they are gone
+stop_pids() {
+    local name=$1 pid i left
+    shift
+    (($# == 0)) && return 0
+    kill "$@" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+        left=()
+        for pid; do alive "$pid" && left+=("$pid"); done
+        ((${#left[@]} == 0)) && break
+        sleep 0.1
+    done
+    if ((${#left[@]} > 0)); then
+        log "$name (${left[*]}) ignored SIGTERM; killing"
+        kill -9 "${left[@]}" 2>/dev/null || true
+        for ((i = 0; i < 100; i++)); do
+            left=()
+            for pid; do alive "$pid" && left+=("$pid"); done
+            ((${#left[@]} == 0)) && break
+            sleep 0.1
+        done
+        ((${#left[@]} == 0)) || log "WARNING: $name (${left[*]}) still there after SIGKILL"
     fi
+    log "stopped $name ($*)"
+}
+
+# Stop the daemon with this pid file, and any other process of that name (a lost or stale pid file).
+stop_pidfile() {
+    local name=$1 f=$2 pid pids=()
+    if pid=$(live_pid "$f"); then pids+=("$pid"); fi
+    for pid in $(pids_named "$name"); do
+        [[ " ${pids[*]} " == *" $pid "* ]] || pids+=("$pid")
+    done
+    stop_pids "$name" "${pids[@]}"
     rm -f "$f"
 }
 
+# Cancel every job (this is a test cluster: they are all test jobs) and wait until none runs: scancel, then
+# SIGKILL to the jobs still there after 10 s (KillWait is 30 s), at most 30 s in all.
+cancel_all_jobs() {
+    live_pid "$CTLD_PID" >/dev/null && command -v squeue >/dev/null || return 0
+    local jobs i
+    jobs=$(squeue -h -o %i 2>/dev/null) || return 0
+    [[ -n $jobs ]] || return 0
+    log "cancelling jobs: $(echo $jobs)"
+    # shellcheck disable=SC2086  # one job id a word
+    scancel $jobs 2>/dev/null || true
+    for ((i = 0; i < 60; i++)); do
+        jobs=$(squeue -h -o %i 2>/dev/null) || return 0
+        [[ -n $jobs ]] || return 0
+        # shellcheck disable=SC2086
+        if ((i == 20)); then scancel --full --signal=KILL $jobs 2>/dev/null || true; fi
+        sleep 0.5
+    done
+    log "WARNING: jobs still in the queue: $(echo $jobs)"
+}
+
+# Job processes outlive slurmd: slurmstepd and whatever ran under it (they have SLURM_CLUSTER_NAME in their
+# environment; proctrack/linuxproc loses those that got reparented away from the job's process tree).
+stop_job_processes() {
+    # shellcheck disable=SC2046  # pids, one a word
+    stop_pids slurmstepd $(pids_named slurmstepd)
+    # shellcheck disable=SC2046
+    stop_pids "job processes" $(pids_with_env "SLURM_CLUSTER_NAME=$(cluster_name)")
+}
+
+cluster_name() { sed -n 's/^ClusterName=//p' "$CONF_DIR/slurm.conf" 2>/dev/null | head -1 | grep . || echo resnetrepro; }
+
 cmd_stop() {
     need_root
-    stop_pidfile slurmd "$SLURMD_PID"
-    stop_pidfile slurmctld "$CTLD_PID"
-    stop_pidfile munged "$MUNGE_PID"
+    if [[ -f $CONF_DIR/slurm.conf ]] && ! grep -qF "$MARKER" "$CONF_DIR/slurm.conf" \
+        && [[ ${SLURM_TEST_CLUSTER_FORCE:-0} != 1 ]]; then
+        die "$CONF_DIR/slurm.conf was not written by this script; not stopping a real SLURM installation" \
+            "(set SLURM_TEST_CLUSTER_FORCE=1 to override)"
+    fi
+    local daemons=("$@") d
+    ((${#daemons[@]})) || daemons=(slurmd slurmctld munged)
+    for d in "${daemons[@]}"; do
+        [[ $d =~ ^(slurmd|slurmctld|munged)$ ]] || die "stop: unknown daemon '$d' (slurmd, slurmctld, munged)"
+    done
+    if [[ " ${daemons[*]} " == *" slurmd "* ]]; then
+        cancel_all_jobs
+        stop_pidfile slurmd "$SLURMD_PID"
+        stop_job_processes
+    fi
+    if [[ " ${daemons[*]} " == *" slurmctld "* ]]; then
+        stop_pidfile slurmctld "$CTLD_PID"
+        # shellcheck disable=SC2046  # pids, one a word
+        stop_pids slurmscriptd $(pids_named slurmscriptd)
+    fi
+    if [[ " ${daemons[*]} " == *" munged "* ]]; then
+        stop_pidfile munged "$MUNGE_PID"
+    fi
+    return 0
 }
 
 cmd_start() {
@@ -274,7 +380,7 @@ cmd_status() {
 
 case "${1:-}" in
     start) cmd_start ;;
-    stop) cmd_stop ;;
+    stop) shift; cmd_stop "$@" ;;
     status) cmd_status ;;
     restart) cmd_stop; cmd_start ;;
     *) echo "usage: $0 start|stop|status|restart" >&2; exit 2 ;;

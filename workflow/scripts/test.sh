@@ -6,6 +6,23 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash workflow/scripts/setup_env.sh
 if [[ $(id -u) == 0 ]] && command -v apt-get > /dev/null; then
+    # The SLURM daemons this run starts are stopped when it ends, however it ends (failure, Ctrl-C); those that
+    # were already running are left as they were.
+    cluster_was=$(bash workflow/scripts/slurm_cluster.sh status 2>/dev/null || true)
+    started=()
+    for daemon in slurmd slurmctld munged; do
+        grep -q "^$daemon: running" <<<"$cluster_was" || started+=("$daemon")
+    done
+    stop_cluster() {
+        if ((${#started[@]})); then
+            echo "test.sh: stopping the SLURM test cluster's ${started[*]} (started by this run)" >&2
+            bash workflow/scripts/slurm_cluster.sh stop "${started[@]}" || true
+        fi
+    }
+    trap stop_cluster EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    trap 'exit 129' HUP
     bash workflow/scripts/slurm_cluster.sh start
     bash containers/build.sh  # podman, a Debian base, both images (cached between runs); fails CI if broken
 fi
