@@ -75,19 +75,31 @@ def file_digest(path: Path, algorithm: str = "md5") -> str:
     return digest.hexdigest()
 
 
+def source_path(source: str) -> Path | None:
+    """The local file a source names (a file:// URL or a plain path), None for an http(s):// URL; DataError for
+    anything else. Only parses: `pipeline check` uses it too, before any job runs."""
+    try:
+        parsed = urllib.parse.urlsplit(source)  # not urlparse, which cuts a file name at ';'
+    except ValueError as error:  # e.g. an unclosed [ in the host
+        raise DataError(f"unsupported source {source!r}: {error}") from None
+    if parsed.scheme in ("http", "https"):
+        if not parsed.netloc:
+            raise DataError(f"unsupported source {source!r}: no host after {parsed.scheme}://")
+        return None
+    if parsed.scheme == "file":
+        return Path(urllib.request.url2pathname(parsed.path))
+    if parsed.scheme == "" or len(parsed.scheme) == 1:  # plain path (or a Windows drive letter)
+        return Path(source)
+    raise DataError(f"unsupported source {source!r}: use https://, http://, file:// or a local path")
+
+
 def _open_source(source: str, timeout: float) -> tuple[io.BufferedIOBase, int | None]:
     """A readable stream for an http(s):// or file:// URL or a local path, and its size when known."""
-    parsed = urllib.parse.urlparse(source)
-    if parsed.scheme in ("http", "https"):
+    path = source_path(source)
+    if path is None:
         response = urllib.request.urlopen(source, timeout=timeout)
         length = response.headers.get("Content-Length")
         return response, int(length) if length else None
-    if parsed.scheme == "file":
-        path = Path(urllib.request.url2pathname(parsed.path))
-    elif parsed.scheme in ("",) or len(parsed.scheme) == 1:  # plain path (or a Windows drive letter)
-        path = Path(source)
-    else:
-        raise DataError(f"unsupported source {source!r}: use https://, http://, file:// or a local path")
     if not path.is_file():
         raise DataError(f"source file not found: {path}")
     return open(path, "rb"), path.stat().st_size
