@@ -221,7 +221,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from .pipeline import load_plan, sync_dvc_yaml
 
-    plan = load_plan(args.config)
+    plan = load_plan(args.config, check_data=args.action == "check")
     if args.action == "sync":
         changed = sync_dvc_yaml(plan, args.dvc_yaml)
         print(f"{args.dvc_yaml}: {'updated' if changed else 'up to date'} ({len(plan.runs)} runs)")

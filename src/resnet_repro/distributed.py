@@ -59,6 +59,7 @@ from .train import (
     end_warmup_if_due,
     initial_state,
     load_checkpoint,
+    start_wall_clock,
     take_tally,
     write_csv,
 )
@@ -249,6 +250,7 @@ def _train(spec: DistSpec, world: World, device: torch.device, log: ProgressLog 
             )
         else:
             log.line(f"ignoring {checkpoint_path}: it belongs to different settings (run {saved.get('run_id')})")
+    start_wall_clock(state)
     agreed = comm.max_(torch.tensor([state["iteration"], -state["iteration"]], dtype=torch.long, device=device))
     if agreed[0] != -agreed[1]:  # a rank that saw another checkpoint (no shared file system?) would diverge
         raise ReproError(

@@ -117,6 +117,9 @@ def evaluate(model_path: Path, data_dir: Path, out: Path, device: str = "auto") 
         "test_loss": round(F.cross_entropy(logits, labels).item(), 6),
         **{key: round(value, 6) for key, value in _last_train_row(model_path.parent).items()},
         "parameters": count_parameters(model),
+        # Sample sizes behind the errors: the verdict's binomial noise of a single run.
+        "test_images": len(labels),
+        "train_images": len(data.train_labels),
         "confusion_matrix": confusion.tolist(),
         "provenance": provenance(saved, target),
     }

@@ -8,6 +8,7 @@ a Snakemake dry run stays fast.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,9 @@ from typing import Any
 import yaml
 
 from .catalog import CATALOG
-from .data import ARCHIVES
-from .errors import ConfigError
-from .settings import TrainSettings, load_schedules, resolve_settings
+from .data import ARCHIVES, source_path
+from .errors import ConfigError, DataError
+from .settings import TrainSettings, load_schedules, resolve_settings, schedule_keys
 
 SCHEMA_PATH = Path("workflow/schemas/config.schema.yaml")
 DVC_HEADER = (
@@ -141,6 +142,74 @@ def raw_archive(dataset: str) -> str:
     return f"{DATA_DIR}/raw/{ARCHIVES[dataset].filename}"
 
 
+# ------------------------------------------------------------------------------------------- stage commands
+# Experiment names become stage and Snakemake rule names, log paths and folders: kept to identifier-like words.
+_EXPERIMENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def _unquotable(value: str) -> bool:
+    r"""Whether no stage command can carry `value` as one argument: DVC runs a `cmd` string line by line
+    (str.splitlines, which also splits at \v, \f, \x1c-\x1e, \x85, \u2028, \u2029), and no argv holds a NUL."""
+    return "\0" in value or len(f"x{value}x".splitlines()) > 1
+
+
+# Words left unquoted: shlex.quote's safe characters, plus `~` inside a word (as in the official CIFAR URLs), but
+# neither a leading `=` (zsh expands `=cmd`) nor `~` in a word with `=` (bash expands `x=~/y` in arguments).
+_PLAIN_WORD = re.compile(r"[\w@%+:,./-][\w@%+=:,./~-]*", re.ASCII)
+
+
+def _shell_word(text: str) -> str:
+    """`text` as one word of sh, bash or zsh: unchanged when plain, else single-quoted (as shlex.quote does)."""
+    if _PLAIN_WORD.fullmatch(text) and not ("~" in text and "=" in text):
+        return text
+    return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
+def command(*argv: str | int | Path) -> str:
+    """The DVC stage command that runs exactly `argv`: the one place where values are quoted. Each part becomes one
+    shell word (`_shell_word`; shlex.split gives `argv` back), and `${` is escaped as `\\${`, which DVC's templating
+    turns back into `${` instead of substituting a parameter."""
+    words = []
+    for part in argv:
+        if isinstance(part, bool) or not isinstance(part, (str, int, Path)):
+            raise TypeError(f"command part {part!r}: expected str, int or Path")
+        word = str(part)
+        if _unquotable(word):
+            raise ValueError(f"command part {word!r}: a line break or NUL cannot be part of a stage command")
+        words.append(_shell_word(word))
+    return " ".join(words).replace("${", "\\${")
+
+
+def _check_command_values(config: dict) -> None:
+    """The config values that reach stage commands, checked as strings (always): usable experiment names, sources
+    `fetch` can read, and sources and paths that one argument can carry."""
+    for name in config["experiments"]:
+        if not (isinstance(name, str) and _EXPERIMENT_NAME.fullmatch(name)):
+            raise ConfigError(
+                f"config: experiments: {name!r} is not a usable experiment name (a letter, then letters, digits or _)"
+            )
+    for dataset, entry in (config.get("datasets") or {}).items():
+        for key in ("source", "path"):
+            value = (entry or {}).get(key)
+            if isinstance(value, str) and _unquotable(value):
+                raise ConfigError(f"config: datasets.{dataset}.{key}: {value!r} holds a line break or NUL")
+            if isinstance(value, str) and value.startswith("-"):  # the command would read it as an option
+                raise ConfigError(f"config: datasets.{dataset}.{key}: {value!r} starts with '-' (write ./{value})")
+        if dataset in ARCHIVES and (entry or {}).get("source") is not None:
+            try:
+                source_path(entry["source"])
+            except DataError as error:
+                raise ConfigError(f"config: datasets.{dataset}.source: {error}") from None
+
+
+def _check_local_source(datasets: dict, dataset: str) -> None:
+    """A file:// or plain-path source must name an existing file (an http(s):// one is only tried by `fetch`)."""
+    source = (datasets.get(dataset) or {}).get("source")
+    local = source_path(source) if source is not None else None
+    if local is not None and not local.is_file():
+        raise ConfigError(f"config: datasets.{dataset}.source: {local} does not exist")
+
+
 def _format_path(path: Any) -> str:
     return ".".join(str(part) for part in path) or "(top level)"
 
@@ -180,8 +249,15 @@ def load_config(path: Path | str = "config.yaml", schema_path: Path | None = Non
     return config
 
 
-def build_plan(config: dict, check_paths: bool = True) -> Plan:
-    """Resolve every enabled run; raise a ConfigError naming the key on any inconsistency."""
+def build_plan(config: dict, check_paths: bool = True, check_data: bool | None = None) -> Plan:
+    """Resolve every enabled run; raise a ConfigError naming the key on any inconsistency.
+
+    `check_paths`: look at the local data (the ImageNet layout, and whether local copies exist: image folders,
+    file:// and path sources). `check_data=False` skips only the local copies: the Snakefile and the run-time
+    commands leave a missing one to the jobs that read it (Snakemake names it as a missing input), so a dataset
+    absent on this machine blocks only the targets that need it; `pipeline check` checks everything, after the
+    config's own mistakes."""
+    check_data = check_paths if check_data is None else check_data
     plan = Plan(config)
     extra_schedules = config.get("schedules") or {}
     schedules = load_schedules(extra_schedules)
@@ -189,6 +265,7 @@ def build_plan(config: dict, check_paths: bool = True) -> Plan:
     for index, name in enumerate(config.get("all", [])):
         if name not in config["experiments"]:
             raise ConfigError(f"config: all.{index}: unknown experiment {name!r}")
+    _check_command_values(config)
     for name, experiment in config["experiments"].items():
         where = f"experiments.{name}"
         if experiment.get("enabled", True) is False:
@@ -205,10 +282,6 @@ def build_plan(config: dict, check_paths: bool = True) -> Plan:
                     "set (ImageNet cannot be downloaded automatically)"
                 )
             _check_imagenet(config, name, check_paths)
-        elif check_paths and dataset not in (*ARCHIVES, "digits"):
-            local = Path(datasets[dataset]["path"])
-            if not local.exists():
-                raise ConfigError(f"config: datasets.{dataset}.path: {local} does not exist")
         runs = []
         for model, entry in experiment["models"].items():
             model_where = f"{where}.models.{model}"
@@ -245,7 +318,20 @@ def build_plan(config: dict, check_paths: bool = True) -> Plan:
                     )
                 runs.append(plan.runs[run.key])
         plan.experiments[name] = runs
+    if check_data:  # after every mistake in the config itself: those are reported first
+        _check_local_data(datasets, plan.datasets)
     return plan
+
+
+def _check_local_data(datasets: dict, used: list[str]) -> None:
+    """The local copies that enabled experiments read exist: a file:// or path source, an image folder."""
+    for dataset in used:
+        if dataset in ARCHIVES:
+            _check_local_source(datasets, dataset)
+        elif dataset not in ("digits", IMAGENET):
+            local = Path(datasets[dataset]["path"])
+            if not local.exists():
+                raise ConfigError(f"config: datasets.{dataset}.path: {local} does not exist")
 
 
 # ------------------------------------------------------------------------------------------------ ImageNet
@@ -334,12 +420,17 @@ def archive_dataset(archive: str) -> str:
     raise ConfigError(f"no dataset has the archive {archive!r}")
 
 
-def prepare_inputs(dataset: str) -> list[str]:
-    return [raw_archive(dataset)] if dataset in ARCHIVES else []
+def prepare_inputs(dataset: str, config: dict | None = None) -> list[str]:
+    """What the prepare step reads: the official archive, or a local image folder's path (outside the DAG)."""
+    if dataset in ARCHIVES:
+        return [raw_archive(dataset)]
+    local = ((config or {}).get("datasets", {}).get(dataset) or {}).get("path")
+    return [local] if local and dataset not in ("digits", IMAGENET) else []
 
 
-def load_plan(config_path: Path | str = "config.yaml") -> Plan:
-    return build_plan(load_config(config_path))
+def load_plan(config_path: Path | str = "config.yaml", check_data: bool = False) -> Plan:
+    """The plan of a config file. Local image folders are checked only with `check_data` (see build_plan)."""
+    return build_plan(load_config(config_path), check_data=check_data)
 
 
 def run_settings(config_path: Path | str, experiment: str, model: str) -> TrainSettings:
@@ -357,7 +448,18 @@ def run_settings(config_path: Path | str, experiment: str, model: str) -> TrainS
 def _schedule_param(run: Run, config: dict) -> dict[str, list[str]]:
     if run.schedule in (config.get("schedules") or {}):
         return {"config.yaml": [f"schedules.{run.schedule}"]}
-    return {REPO_SCHEDULES: [run.schedule]}
+    return {REPO_SCHEDULES: schedule_keys(run.schedule)}
+
+
+def in_git(path: str) -> bool:
+    """Whether a stage output is committed to git rather than stored in DVC's cache: the small results (histories,
+    metrics, layer responses, figures, tables) are, as DVC's examples keep theirs, so a clone shows them and
+    `dvc metrics diff` compares commits without a pull; data and weights (*.pt) go to the cache."""
+    return not (path.startswith(f"{DATA_DIR}/") or path.endswith(".pt"))
+
+
+def _dvc_outs(paths: list[str]) -> list[Any]:
+    return [{path: {"cache": False}} if in_git(path) else path for path in paths]
 
 
 def stage_names(run: Run) -> dict[str, str]:
@@ -369,36 +471,36 @@ def dvc_stages(plan: Plan) -> dict[str, dict]:
     stages: dict[str, dict] = {}
     datasets_conf = plan.config["datasets"]
     for dataset in plan.datasets:
+        path = (datasets_conf.get(dataset) or {}).get("path")  # ImageNet's copy, or a local image folder
         if dataset == IMAGENET:
             # The copy lives outside the repository (not a DVC dependency); its path is a parameter, and the index
             # records the copy's identity (a fingerprint of its file names and sizes).
             stages["index-imagenet"] = {
-                "cmd": (
-                    f"resnet-repro index-imagenet --path {datasets_conf[dataset]['path']} --out {imagenet_index_dir()}"
-                ),
+                "cmd": command("resnet-repro", "index-imagenet", "--path", path, "--out", imagenet_index_dir()),
                 "params": [{"config.yaml": ["datasets.imagenet.path"]}],
                 "outs": [imagenet_index_dir()],
             }
         elif dataset in ARCHIVES:
             source = (datasets_conf.get(dataset) or {}).get("source", ARCHIVES[dataset].url)
             stages[f"fetch-{dataset}"] = {
-                "cmd": f"resnet-repro fetch {dataset} --source {source} --out {raw_archive(dataset)}",
+                "cmd": command("resnet-repro", "fetch", dataset, "--source", source, "--out", raw_archive(dataset)),
                 "outs": [raw_archive(dataset)],
             }
             stages[f"prepare-{dataset}"] = {
-                "cmd": f"resnet-repro prepare {dataset} --raw {raw_archive(dataset)} --out {prepared_dir(dataset)}",
+                "cmd": command(
+                    "resnet-repro", "prepare", dataset, "--raw", raw_archive(dataset), "--out", prepared_dir(dataset)
+                ),
                 "deps": [raw_archive(dataset)],
                 "outs": [prepared_dir(dataset)],
             }
         elif dataset == "digits":
             stages["prepare-digits"] = {
-                "cmd": f"resnet-repro prepare digits --out {prepared_dir(dataset)}",
+                "cmd": command("resnet-repro", "prepare", "digits", "--out", prepared_dir(dataset)),
                 "outs": [prepared_dir(dataset)],
             }
         else:
-            path = datasets_conf[dataset]["path"]
             stages[f"prepare-{dataset}"] = {
-                "cmd": f"resnet-repro prepare imagefolder --raw {path} --out {prepared_dir(dataset)}",
+                "cmd": command("resnet-repro", "prepare", "imagefolder", "--raw", path, "--out", prepared_dir(dataset)),
                 "outs": [prepared_dir(dataset)],
             }
     for run in plan.runs.values():
@@ -410,19 +512,14 @@ def dvc_stages(plan: Plan) -> dict[str, dict]:
             keys.append(f"experiments.{run.experiment}.distributed.sync_bn")  # changes the result; the rest is speed
         if keys:
             params.insert(0, {"config.yaml": keys})
+        experiment = ("--config", "config.yaml", "--experiment", run.experiment)
+        train = (*experiment, "--model", run.model, "--seed", run.seed, "--data", run.prepared, "--out", run.folder)
         if run.dataset == IMAGENET:
             # The process layout is read from config.yaml at run time, not written into the command: changing the
             # number of GPUs must not make DVC retrain a finished run.
-            experiment = f"--config config.yaml --experiment {run.experiment}"
-            cmd = (
-                f"resnet-repro launch {experiment} -- train-imagenet {experiment} --model {run.model} "
-                f"--seed {run.seed} --data {run.prepared} --out {run.folder}"
-            )
+            cmd = command("resnet-repro", "launch", *experiment, "--", "train-imagenet", *train)
         else:
-            cmd = (
-                f"resnet-repro train --config config.yaml --experiment {run.experiment} --model {run.model} "
-                f"--seed {run.seed} --data {run.prepared} --out {run.folder}"
-            )
+            cmd = command("resnet-repro", "train", *train)
         stages[names["train"]] = {
             "cmd": cmd,
             "deps": [run.prepared],
@@ -430,9 +527,9 @@ def dvc_stages(plan: Plan) -> dict[str, dict]:
             "outs": list(run.files().values()),
         }
         stages[names["evaluate"]] = {
-            "cmd": f"resnet-repro evaluate --run {run.folder} --data {run.prepared}",
+            "cmd": command("resnet-repro", "evaluate", "--run", run.folder, "--data", run.prepared),
             "deps": [run.files()["model"], run.files()["history"], run.files()["epochs"], run.prepared],
-            "metrics": [{run.metrics: {"cache": True}}],
+            "metrics": [{run.metrics: {"cache": not in_git(run.metrics)}}],
         }
     from .render import render_stages  # render imports this module
 
@@ -441,7 +538,11 @@ def dvc_stages(plan: Plan) -> dict[str, dict]:
 
 
 def dvc_yaml_text(plan: Plan) -> str:
-    return DVC_HEADER + yaml.safe_dump({"stages": dvc_stages(plan)}, sort_keys=False, width=1000)
+    stages = {
+        name: {**stage, "outs": _dvc_outs(stage["outs"])} if "outs" in stage else stage
+        for name, stage in dvc_stages(plan).items()
+    }
+    return DVC_HEADER + yaml.safe_dump({"stages": stages}, sort_keys=False, width=1000)
 
 
 def sync_dvc_yaml(plan: Plan, path: Path | str = "dvc.yaml") -> bool:

@@ -19,7 +19,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import yaml
 from .catalog import CATALOG
 from .errors import ConfigError, DataError
 from .pipeline import RESULTS_DIR, Plan, Run
+from .settings import load_schedules
 
 REFERENCES_FILE = Path(__file__).with_name("references.yaml")
 # The file as DVC sees it (a dependency of every render stage), wherever the package is installed.
@@ -35,7 +36,8 @@ REPO_REFERENCES = "src/resnet_repro/references.yaml"
 SUMMARY_DIR = f"{RESULTS_DIR}/summary"
 TABLE_FORMATS = ("csv", "md", "tex", "html")
 FIGURE_FORMATS = ("png", "pdf")
-REPRODUCED, NOT_REPRODUCED, NOT_RUN = "reproduced", "not reproduced", "not run"
+REPRODUCED, WITHIN_NOISE, NOT_REPRODUCED, NOT_RUN = "reproduced", "within noise", "not reproduced", "not run"
+VERDICTS = (REPRODUCED, WITHIN_NOISE, NOT_REPRODUCED, NOT_RUN)
 DASH = "\u2013"  # en dash: an empty cell, a range
 
 
@@ -66,6 +68,9 @@ def stage_name(kind: str, what: str = "") -> str:
 
 
 # ===================================================================================== what each experiment shows
+SHORT = "cifar10_short"  # the paper's CIFAR-10 protocol at a fraction of its length (schedule cifar_short)
+
+
 @dataclass(frozen=True)
 class Artifact:
     name: str  # file stem: figures/<name>.png or tables/<name>.csv
@@ -152,6 +157,12 @@ def experiment_artifacts(plan: Plan, experiment: str) -> list[Artifact]:
             Artifact("fig4", "figure", "fig4", "Fig. 4: ImageNet training"),
             Artifact("table2", "table", "table2", "Table 2"),
         ]
+    elif experiment == SHORT:
+        arts = [Artifact("fig6", "figure", "fig6_short", "Plain vs ResNet on CIFAR-10, short schedule (as Fig. 6)")]
+        if fig7_models(enabled, experiment):
+            arts.append(Artifact("fig7", "figure", "fig7", "Std of layer responses (as Fig. 7)"))
+        arts.append(Artifact("results", "table", "short_table", "Results beside the paper's"))
+        arts.append(Artifact("runs", "table", "runs_table", "Provenance and wall time of every run"))
     else:
         arts = [Artifact("curves", "figure", "curves", "Training and test error")]
         if fig7_models(enabled, experiment):
@@ -204,24 +215,27 @@ def summary_outputs() -> list[str]:
 def render_stages(plan: Plan) -> dict[str, dict]:
     """DVC stages of the render step (responses, one render per enabled experiment, the summary), with the same
     names and paths the Snakemake rules in workflow/rules/render.smk use."""
+    from .pipeline import command  # the one place where stage commands are quoted
+
     stages: dict[str, dict] = {}
     for experiment in plan.experiments:
         for run in response_runs(plan, experiment):
-            name = stage_name("responses", run.key)
+            name, out = stage_name("responses", run.key), responses_file(run)
             stages.setdefault(
                 name,
                 {
-                    "cmd": (
-                        f"resnet-repro responses --run {run.folder} --data {run.prepared} --out {responses_file(run)}"
+                    "cmd": command(
+                        "resnet-repro", "responses", "--run", run.folder, "--data", run.prepared, "--out", out
                     ),
                     "deps": [run.files()["model"], run.prepared],
-                    "outs": [responses_file(run)],
+                    "outs": [out],
                 },
             )
     for experiment in plan.experiments:
+        out = experiment_dir(experiment)
         stages[stage_name("render", experiment)] = {
-            "cmd": (
-                f"resnet-repro render --config config.yaml --experiment {experiment} --out {experiment_dir(experiment)}"
+            "cmd": command(
+                "resnet-repro", "render", "--config", "config.yaml", "--experiment", experiment, "--out", out
             ),
             "deps": render_inputs(plan, experiment),
             "outs": flatten(render_outputs(plan, experiment)),
@@ -230,7 +244,7 @@ def render_stages(plan: Plan) -> dict[str, dict]:
     for experiment in summary_experiments(plan):
         deps += [run.metrics for run in plan.experiments.get(experiment, [])]
     stages[stage_name("summary")] = {
-        "cmd": f"resnet-repro summary --config config.yaml --out {SUMMARY_DIR}",
+        "cmd": command("resnet-repro", "summary", "--config", "config.yaml", "--out", SUMMARY_DIR),
         "deps": list(dict.fromkeys(deps)),
         "outs": summary_outputs(),
     }
@@ -322,6 +336,13 @@ class RunResult:
     @property
     def classes(self) -> int:
         return len(self.metrics.get("per_class_accuracy") or {}) or 10
+
+    def sample_size(self, metric: str) -> int:
+        """How many images `metric` was measured on (0 when the metrics do not say)."""
+        m = self.metrics
+        if metric.startswith("train"):
+            return int(m.get("train_images") or 0)
+        return int(m.get("test_images") or sum(map(sum, m.get("confusion_matrix") or [])))
 
 
 def _read_csv(path: Path) -> dict[str, list[float]] | None:
@@ -442,8 +463,11 @@ class Verdict:
     claim: str
     source: str
     evidence: str
-    tolerance: str
+    tolerance: str  # the rule the claim was judged by
     verdict: str
+    margin: float | None = None  # points, in the claimed direction (ordering claims)
+    noise: float | None = None  # points: the margin a claim must exceed to count as reproduced
+    seeds: str = ""  # runs behind each side, e.g. "2 vs 2"
 
 
 def _pct(value: float) -> str:
@@ -488,9 +512,19 @@ class Claim:
         missing = _not_run(groups)
         if missing:
             return Verdict(results.name, self.text, self.source, missing, self.tolerance(tol), NOT_RUN)
-        ok, evidence = self.judge(groups, tol)
+        outcome = self.judge(groups, tol)
+        if isinstance(outcome, Verdict):
+            return replace(outcome, experiment=results.name, claim=self.text, source=self.source)
+        ok, evidence = outcome
+        seeds = " vs ".join(str(len(g.runs)) for g in groups)
         return Verdict(
-            results.name, self.text, self.source, evidence, self.tolerance(tol), REPRODUCED if ok else NOT_REPRODUCED
+            results.name,
+            self.text,
+            self.source,
+            evidence,
+            self.tolerance(tol),
+            REPRODUCED if ok else NOT_REPRODUCED,
+            seeds=seeds,
         )
 
     def models(self) -> list[str]:
@@ -499,13 +533,31 @@ class Claim:
     def tolerance(self, tol: dict) -> str:
         raise NotImplementedError
 
-    def judge(self, groups: list[ModelRuns], tol: dict) -> tuple[bool, str]:
+    def judge(self, groups: list[ModelRuns], tol: dict) -> tuple[bool, str] | Verdict:
+        """(passed, evidence) for a tolerance rule; or a whole Verdict (its claim fields are filled in after)."""
         raise NotImplementedError
+
+
+def standard_error(group: ModelRuns, metric: str) -> tuple[float, str]:
+    """The standard error of a model's mean `metric` (a fraction), and how it was estimated.
+
+    Several seeds: their sample std over sqrt(n). One run: the binomial error sqrt(p(1-p)/N) of the N images it
+    was measured on. The per-run spread is never taken below the binomial error, so two seeds that happen to
+    agree do not make a difference of a few images look certain."""
+    s = group.stat(metric)
+    assert s is not None
+    images = min(run.sample_size(metric) for run in group.runs)
+    binomial = math.sqrt(max(s.mean * (1 - s.mean), 0.0) / images) if images else 0.0
+    if s.n > 1:
+        return max(s.std, binomial) / math.sqrt(s.n), f"{s.n} seeds"
+    return binomial, f"binomial, {images} images" if images else "1 run, no sample size"
 
 
 @dataclass(frozen=True)
 class Worse(Claim):
-    """`worse` has a higher `metric` than `better` (means over seeds), by more than the ordering tolerance."""
+    """`worse` has a higher `metric` than `better` (means over seeds). Reproduced when the margin exceeds the
+    noise of the difference (`noise_sigmas` standard errors, at least `ordering_points`), not reproduced when it
+    is beyond that noise the other way, and within noise otherwise."""
 
     worse: str = ""
     better: str = ""
@@ -515,16 +567,29 @@ class Worse(Claim):
         return [self.worse, self.better]
 
     def tolerance(self, tol: dict) -> str:
-        return f"{METRIC_WORDS.get(self.metric, self.metric)}: margin > {tol['ordering_points']:g} points"
+        return (
+            f"{METRIC_WORDS.get(self.metric, self.metric)}: |margin| > {tol['noise_sigmas']:g} standard errors of the "
+            "difference (seed spread / sqrt(n), or one run's binomial error)"
+        )
 
-    def judge(self, groups: list[ModelRuns], tol: dict) -> tuple[bool, str]:
+    def judge(self, groups: list[ModelRuns], tol: dict) -> Verdict:
         worse, better = (g.stat(self.metric) for g in groups)
         assert worse and better
         margin = 100 * (worse.mean - better.mean)
+        (se_worse, how_worse), (se_better, how_better) = (standard_error(g, self.metric) for g in groups)
+        noise = max(100 * tol["noise_sigmas"] * math.hypot(se_worse, se_better), tol["ordering_points"])
+        if margin > noise:
+            outcome = REPRODUCED
+        elif margin < -noise:
+            outcome = NOT_REPRODUCED
+        else:
+            outcome = WITHIN_NOISE
         evidence = (
-            f"{_describe(groups[0], self.metric)} vs {_describe(groups[1], self.metric)}: margin {margin:+.2f} points"
+            f"{_describe(groups[0], self.metric)} vs {_describe(groups[1], self.metric)}: margin {margin:+.2f} "
+            f"points, noise ±{noise:.2f} ({how_worse}; {how_better})"
         )
-        return margin > tol["ordering_points"], evidence
+        seeds = f"{worse.n} vs {better.n}"
+        return Verdict("", "", "", evidence, self.tolerance(tol), outcome, round(margin, 4), round(noise, 4), seeds)
 
 
 @dataclass(frozen=True)
@@ -732,6 +797,15 @@ def experiment_claims(experiment: str, models: list[str], refs: dict) -> list[Cl
                 )
             )
         return claims
+    if experiment == SHORT:
+        return [
+            Worse("plain-56 has higher training error than plain-20", PAPER_FIG1, "plain56", "plain20", "train_error"),
+            Worse("plain-56 has higher test error than plain-20", PAPER_FIG1, "plain56", "plain20"),
+            Worse("ResNet-56 has lower training error than plain-56", PAPER_FIG6, "plain56", "resnet56", "train_error"),
+            Worse("ResNet-56 has lower test error than plain-56", PAPER_FIG6, "plain56", "resnet56"),
+            Worse("ResNet-20 has lower training error than plain-20", PAPER_FIG6, "plain20", "resnet20", "train_error"),
+            Worse("ResNet-56 has lower test error than ResNet-20", PAPER_T6, "resnet20", "resnet56"),
+        ]
     if experiment == "imagenet":
         return [
             Worse("plain-34 has higher top-1 error than plain-18", PAPER_T2, "plain34", "plain18"),
@@ -853,7 +927,7 @@ def table_latex(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-VERDICT_COLORS = {REPRODUCED: "#1a7f37", NOT_REPRODUCED: "#c62828", NOT_RUN: "#6e7781"}
+VERDICT_COLORS = {REPRODUCED: "#1a7f37", WITHIN_NOISE: "#9a6700", NOT_REPRODUCED: "#c62828", NOT_RUN: "#6e7781"}
 
 
 def table_html(table: Table) -> str:
@@ -959,6 +1033,125 @@ def results_table(results: ExperimentResults) -> Table:
         ],
         records,
         ["Train error: the last epoch's training error (mean over seeds). Std is over seeds (n-1)."],
+    )
+
+
+def short_table(results: ExperimentResults, refs: dict) -> Table:
+    """Our short-schedule results beside the paper's full-schedule numbers for the same nets (Table 6 for the
+    ResNets; the paper prints no number for its plain CIFAR nets, only Fig. 6's curves)."""
+    paper = {row["model"]: row for row in refs["table6"]["rows"] if row.get("model")}
+    records = []
+    for group in results.models.values():
+        train = group.stat("train_error")
+        row = paper.get(group.model, {})
+        records.append(
+            {
+                "model": group.model,
+                "label": model_label(group.model),
+                "layers": model_depth(group.model),
+                "params_m": _params_m(group),
+                "train_error_mean": _round(100 * train.mean) if train else None,
+                "train_error_std": _round(100 * train.std) if train else None,
+                **_error_fields(group),
+                "error_paper_best": row.get("best"),
+                "seeds": _seeds_note(group),
+            }
+        )
+    iterations = _iterations(results)
+    paper_iterations = load_schedules()["cifar_paper"]["iterations"]
+    return Table(
+        "results",
+        f"{results.name}: CIFAR-10 error (%) after {iterations:,} iterations, beside the paper's {paper_iterations:,}",
+        [
+            "model",
+            "layers",
+            "params_m",
+            "train_error_mean",
+            "train_error_std",
+            "error_best",
+            "error_mean",
+            "error_std",
+            "runs",
+            "error_paper_best",
+            "seeds",
+        ],
+        [
+            Column("Model", lambda r: r["label"], "l"),
+            Column("Params", lambda r: _fmt(r["params_m"], 3, "M")),
+            Column("Train error, mean ± std", lambda r: _pm(r["train_error_mean"], r["train_error_std"], r["runs"])),
+            Column("Test error, mean ± std", lambda r: _pm(r["error_mean"], r["error_std"], r["runs"])),
+            Column("best", lambda r: _fmt(r["error_best"])),
+            Column("Paper (64k it.)", lambda r: _fmt(r["error_paper_best"])),
+            Column("Seeds", lambda r: r["seeds"]),
+        ],
+        records,
+        [
+            f"Ours: {iterations:,} iterations, the paper's protocol (SGD 0.9, weight decay 1e-4, batch 128, lr 0.1 "
+            f"divided by 10 twice) at 1/{paper_iterations / max(iterations, 1):,.0f} of its length, on the data in "
+            f"config.yaml; the paper trained {paper_iterations:,} iterations on the official CIFAR-10, so our errors "
+            "are higher.",
+            f"Paper: {cite(refs, 'table6')} (best of its runs); it prints no number for the plain nets. "
+            "Std is over seeds (n-1); train error is the last full epoch's.",
+        ],
+    )
+
+
+def _iterations(results: ExperimentResults) -> int:
+    """The iterations the experiment's runs were trained for (the longest history)."""
+    return int(
+        max(
+            (r.history["iteration"][-1] for g in results.models.values() for r in g.runs if r.history),
+            default=0,
+        )
+    )
+
+
+def runs_table(results: ExperimentResults) -> Table:
+    """Provenance of every run: code commit, torch, device and runtime, threads, and wall time (training)."""
+    records = []
+    for group in results.models.values():
+        for run in sorted(group.runs, key=lambda r: r.seed):
+            prov = run.metrics.get("provenance") or {}
+            history = run.history or {}
+            wall = history.get("wall_s", [None])[-1] if history.get("wall_s") else None
+            threads = history.get("threads", [None])[-1] if history.get("threads") else None
+            records.append(
+                {
+                    "model": group.model,
+                    "label": model_label(group.model),
+                    "seed": run.seed,
+                    "iterations": int(history["iteration"][-1]) if history.get("iteration") else None,
+                    "wall_min": _round(wall / 60, 2) if wall is not None else None,
+                    "images_per_s": _round(history["images_per_s"][-1], 1) if history.get("images_per_s") else None,
+                    "threads": int(threads) if threads is not None else None,
+                    "device": prov.get("train_device"),
+                    "runtime": prov.get("train_runtime"),
+                    "torch": prov.get("torch_version"),
+                    "commit": (prov.get("git_commit") or "")[:12] or None,
+                }
+            )
+    total = math.fsum(r["wall_min"] or 0 for r in records)
+    return Table(
+        "runs",
+        f"{results.name}: provenance and training wall time per run (total {total:.1f} min)",
+        ["model", "seed", "iterations", "wall_min", "images_per_s", "threads", "device", "runtime", "torch", "commit"],
+        [
+            Column("Model", lambda r: r["label"], "l"),
+            Column("Seed", lambda r: str(r["seed"])),
+            Column("Iterations", lambda r: _fmt(r["iterations"], 0)),
+            Column("Wall time (min)", lambda r: _fmt(r["wall_min"], 1)),
+            Column("img/s (last interval)", lambda r: _fmt(r["images_per_s"], 0)),
+            Column("Threads", lambda r: _fmt(r["threads"], 0)),
+            Column("Device", lambda r: r["device"] or DASH, "l"),
+            Column("Runtime", lambda r: r["runtime"] or DASH, "l"),
+            Column("torch", lambda r: r["torch"] or DASH, "l"),
+            Column("Commit", lambda r: r["commit"] or DASH, "l"),
+        ],
+        records,
+        [
+            "Wall time: the trainer's own clock from start to the last evaluation, evaluations and any "
+            "compilation included (history.csv, wall_s); data preparation and the evaluate step are not counted."
+        ],
     )
 
 
@@ -1174,24 +1367,29 @@ def table2(results: ExperimentResults, refs: dict) -> Table:
 
 def verdict_table(verdicts: list[Verdict], name: str = "verdict", title: str = "Reproduction verdict") -> Table:
     records = [vars(v) | {"n": i + 1} for i, v in enumerate(verdicts)]
-    counts = {k: sum(v.verdict == k for v in verdicts) for k in (REPRODUCED, NOT_REPRODUCED, NOT_RUN)}
+    counts = {k: sum(v.verdict == k for v in verdicts) for k in VERDICTS}
     show_experiment = len({v.experiment for v in verdicts}) > 1
     columns = [Column("Experiment", lambda r: r["experiment"], "l")] if show_experiment else []
     columns += [
         Column("Claim", lambda r: r["claim"], "l"),
         Column("Source", lambda r: r["source"], "l"),
         Column("Evidence (our runs)", lambda r: r["evidence"], "l"),
-        Column("Tolerance", lambda r: r["tolerance"], "l"),
+        Column("Margin (points)", lambda r: _fmt(r["margin"], 2)),
+        Column("Noise (points)", lambda r: _fmt(r["noise"], 2)),
+        Column("Seeds", lambda r: r["seeds"] or DASH),
+        Column("Rule", lambda r: r["tolerance"], "l"),
         Column("Verdict", lambda r: r["verdict"], "l"),
     ]
     return Table(
         name,
         title,
-        ["experiment", "claim", "source", "evidence", "tolerance", "verdict"],
+        ["experiment", "claim", "source", "evidence", "margin", "noise", "seeds", "tolerance", "verdict"],
         columns,
         records,
         [
-            f"{counts[REPRODUCED]} reproduced, {counts[NOT_REPRODUCED]} not reproduced, {counts[NOT_RUN]} not run.",
+            ", ".join(f"{counts[k]} {k}" for k in VERDICTS) + ".",
+            "Ordering claims: reproduced when the margin exceeds the noise, not reproduced when it is beyond the noise "
+            "the other way, within noise otherwise (the Rule column says how the noise is estimated).",
             "A claim whose runs (any of their seeds) have not happened is 'not run', never a pass.",
         ],
     )
@@ -1543,7 +1741,10 @@ def render_experiment(
         elif art.name == "table2":
             written += write_table(table2(results, refs), out)
         elif art.name == "results":
-            written += write_table(results_table(results), out)
+            table = short_table(results, refs) if experiment == SHORT else results_table(results)
+            written += write_table(table, out)
+        elif art.name == "runs":
+            written += write_table(runs_table(results), out)
         elif art.name == "verdict":
             verdicts = judge_experiment(plan, results, refs)
             written += write_table(verdict_table(verdicts, title=f"Reproduction verdict: {experiment}"), out)

@@ -112,10 +112,41 @@ class TrainSettings:
 
 
 def load_schedules(extra: dict[str, dict] | None = None) -> dict[str, dict]:
-    """The package's named schedules, extended or overridden by `extra` (config.yaml's `schedules:`)."""
+    """The package's named schedules, extended or overridden by `extra` (config.yaml's `schedules:`), with every
+    scaled schedule (`scaled_from`, `scale`) expanded into plain values."""
     schedules = yaml.safe_load(SCHEDULES_FILE.read_text())
     schedules.update(extra or {})
-    return schedules
+    return {name: _expand_scaled(name, values, schedules) for name, values in schedules.items()}
+
+
+def schedule_keys(name: str) -> list[str]:
+    """The keys of the package's schedules.yaml whose values make up schedule `name` (itself, and the schedule it
+    is scaled from): what a DVC stage tracks as its params."""
+    raw = yaml.safe_load(SCHEDULES_FILE.read_text())
+    source = (raw.get(name) or {}).get("scaled_from")
+    return [name, source] if source else [name]
+
+
+def _expand_scaled(name: str, values: dict, schedules: dict[str, dict]) -> dict:
+    """`{scaled_from: S, scale: k, ...}`: schedule S with its iterations and milestones divided by k (exactly), then
+    the entry's own values. One stated factor keeps a short schedule the same protocol as its source."""
+    if "scaled_from" not in values:
+        return values
+    own = dict(values)
+    source, factor = own.pop("scaled_from"), own.pop("scale", None)
+    base = schedules.get(source)
+    if base is None or "scaled_from" in base:
+        raise ConfigError(f"schedule {name!r}: scaled_from {source!r} must name a plain schedule")
+    if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
+        raise ConfigError(f"schedule {name!r}: scale must be a positive integer (got {factor!r})")
+    lengths = [base["iterations"], *base.get("milestones", [])]
+    if any(n % factor for n in lengths):
+        raise ConfigError(f"schedule {name!r}: scale {factor} does not divide {source!r}'s iterations {lengths}")
+    scaled = {
+        "iterations": base["iterations"] // factor,
+        "milestones": [m // factor for m in base.get("milestones", [])],
+    }
+    return {**base, **scaled, **own}
 
 
 def resolve_settings(

@@ -52,12 +52,14 @@ HISTORY_FIELDS = [
     "test_error",
     "images_per_s",
     "elapsed_s",
+    "wall_s",
+    "threads",
 ]
 EPOCH_FIELDS = ["epoch", "iteration", "lr", "train_loss", "train_error", "images_per_s"]
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 TALLIES = ("interval", "epoch_acc", "block")  # since the last history row / epoch end / aligned check
-# Fields of a history row that measure time rather than learning: excluded from reproducibility checks.
-TIMING_FIELDS = {"images_per_s", "elapsed_s"}
+# Fields of a history row that measure the machine rather than learning: excluded from reproducibility checks.
+TIMING_FIELDS = {"images_per_s", "elapsed_s", "wall_s", "threads"}
 
 
 # ------------------------------------------------------------------------------------------- device choices
@@ -397,7 +399,14 @@ def initial_state(settings: TrainSettings) -> dict[str, Any]:
         "interval": {"losses": [], "wrong": 0},
         "epoch_acc": {"losses": [], "wrong": 0},
         "block": {"losses": [], "wrong": 0},
+        "wall_s": 0.0,  # wall-clock seconds of every attempt so far, evaluation and compilation included
     }
+
+
+def start_wall_clock(state: dict[str, Any]) -> None:
+    """Start counting this attempt's wall time (a resumed run adds to what its checkpoint carries)."""
+    state.setdefault("wall_s", 0.0)
+    state["wall_mark"] = time.monotonic()
 
 
 def add_to_tallies(state: dict[str, Any], losses: list[float], wrong: int) -> None:
@@ -455,6 +464,9 @@ def close_interval(
     """Append the evaluation's history row (train loss/error since the last one, and `test`) and log it."""
     train_loss, train_error = take_tally(state, "interval", batch)
     test_loss, test_error = test
+    now = time.monotonic()
+    state["wall_s"] += now - state["wall_mark"]
+    state["wall_mark"] = now
     row = {
         "iteration": iteration,
         "epoch": round(iteration / steps_per_epoch, 4),
@@ -465,6 +477,8 @@ def close_interval(
         "test_error": test_error,
         "images_per_s": round(rate * batch, 1),
         "elapsed_s": round(elapsed, 2),
+        "wall_s": round(state["wall_s"], 1),
+        "threads": torch.get_num_threads(),
     }
     state["history"].append(row)
     log.line(
@@ -508,6 +522,7 @@ def _train(spec: RunSpec, log: ProgressLog | None) -> Path:
             log.line(f"resuming {spec.model} seed {spec.seed} from iteration {state['iteration']} ({checkpoint_path})")
         else:
             log.line(f"ignoring {checkpoint_path}: it belongs to different settings (run {saved.get('run_id')})")
+    start_wall_clock(state)
 
     def save_checkpoint() -> None:
         payload = {

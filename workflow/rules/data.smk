@@ -18,7 +18,7 @@ rule fetch:
 
 rule prepare:
     input:
-        lambda w: pipeline.prepare_inputs(w.dataset),
+        lambda w: pipeline.prepare_inputs(w.dataset, config),
     output:
         # The files, not the folder: a directory output would get a Snakemake timestamp file inside, which
         # would change the folder's DVC hash.

@@ -1,0 +1,114 @@
+"""The results of record committed to git (the short CIFAR-10 experiment, README's first section): every table
+agrees with the metrics and histories it came from, the verdict is what the committed runs give, and they render
+again from the committed files alone, without retraining."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+from resnet_repro import render
+from resnet_repro.pipeline import build_plan
+
+EXPERIMENT = render.SHORT
+RECORD = REPO / "results" / EXPERIMENT
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def plan():
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    return build_plan(config, check_paths=False)
+
+
+@pytest.fixture(scope="module")
+def results(plan) -> render.ExperimentResults:
+    return render.collect(plan, EXPERIMENT, REPO)
+
+
+def test_every_run_of_record_is_committed(plan) -> None:
+    runs = plan.experiments[EXPERIMENT]
+    assert {run.model for run in runs} >= {"plain20", "plain56", "resnet20", "resnet56"}
+    for run in runs:
+        for name in ("metrics.json", "history.csv", "epochs.csv"):
+            assert (REPO / run.folder / name).is_file(), f"{run.folder}/{name} is not committed"
+    seeds = {}
+    for run in runs:
+        seeds.setdefault(run.model, []).append(run.seed)
+    assert all(len(s) >= 2 for s in seeds.values()), seeds  # every claim is decided by several seeds
+    for run in render.response_runs(plan, EXPERIMENT):
+        assert (REPO / render.responses_file(run)).is_file()
+
+
+def test_results_table_matches_the_metrics(results) -> None:
+    rows = {r["model"]: r for r in read_csv(RECORD / "tables/results.csv")}
+    assert set(rows) == set(results.models)
+    for model, group in results.models.items():
+        errors = [100 * run.metrics["test_error"] for run in group.runs]
+        mean = math.fsum(errors) / len(errors)
+        std = math.sqrt(math.fsum((e - mean) ** 2 for e in errors) / (len(errors) - 1))
+        row = rows[model]
+        assert float(row["error_mean"]) == pytest.approx(mean, abs=1e-6)
+        assert float(row["error_std"]) == pytest.approx(std, abs=1e-6)
+        assert float(row["error_best"]) == pytest.approx(min(errors), abs=1e-6)
+        train = [100 * run.metrics["train_error"] for run in group.runs]
+        assert float(row["train_error_mean"]) == pytest.approx(math.fsum(train) / len(train), abs=1e-6)
+        assert int(row["runs"]) == len(group.runs) == len(group.seeds)
+        # The metrics are the last evaluation of each run's history.
+        for run in group.runs:
+            assert run.history["test_error"][-1] == pytest.approx(run.metrics["test_error"], abs=1e-4)
+
+
+def test_verdict_of_record_is_what_the_runs_give(plan, results) -> None:
+    committed = read_csv(RECORD / "tables/verdict.csv")
+    judged = render.judge_experiment(plan, results, render.load_references())
+    assert [r["claim"] for r in committed] == [v.claim for v in judged]
+    for row, verdict in zip(committed, judged, strict=True):
+        assert row["verdict"] == verdict.verdict, row["claim"]
+        assert float(row["margin"]) == pytest.approx(verdict.margin, abs=1e-4)
+        assert float(row["noise"]) == pytest.approx(verdict.noise, abs=1e-4)
+        assert row["seeds"] == verdict.seeds
+    # The issue's bar, as the committed runs show it: degradation, and ResNet-56 over plain-56, beyond noise.
+    by_claim = {r["claim"]: r for r in committed}
+    for claim in (
+        "plain-56 has higher training error than plain-20",
+        "ResNet-56 has lower training error than plain-56",
+    ):
+        row = by_claim[claim]
+        assert row["verdict"] == "reproduced" and float(row["margin"]) > float(row["noise"]) > 0, row
+
+
+def test_provenance_of_every_run(results) -> None:
+    rows = read_csv(RECORD / "tables/runs.csv")
+    assert len(rows) == sum(len(g.runs) for g in results.models.values())
+    by_run = {(r["model"], int(r["seed"])): r for r in rows}
+    for group in results.models.values():
+        for run in group.runs:
+            prov = run.metrics["provenance"]
+            assert len(prov["git_commit"]) == 40 and prov["torch_version"] and prov["train_device"]
+            row = by_run[(group.model, run.seed)]
+            assert float(row["wall_min"]) == pytest.approx(run.history["wall_s"][-1] / 60, abs=0.01)
+            assert int(row["threads"]) == int(run.history["threads"][-1]) >= 1
+            assert row["commit"] == prov["git_commit"][:12]
+
+
+def test_results_render_again_from_the_committed_files(plan, tmp_path: Path) -> None:
+    """No weights, no data: the figures and tables come back from the committed metrics and histories."""
+    written = render.render_experiment(plan, EXPERIMENT, tmp_path, REPO)
+    assert {p.name for p in written} == {p.name for p in (RECORD / "tables").iterdir()} | {
+        p.name for p in (RECORD / "figures").iterdir()
+    }
+    for table in (RECORD / "tables").iterdir():
+        assert (tmp_path / "tables" / table.name).read_text() == table.read_text(), table.name
+    metrics = json.loads((REPO / plan.experiments[EXPERIMENT][0].metrics).read_text())
+    assert metrics["test_images"] == 10_000 and metrics["train_images"] == 50_000
