@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import cli_env
+from conftest import cli_env, kill_at_teardown
 
 HOLDER = """
 import json, os, sys, time
@@ -30,11 +30,14 @@ def _holder(tmp_path: Path, name: str, hold: float, **env: str) -> subprocess.Po
     environment = cli_env(RESNET_REPRO_GPU_LOCK_DIR=str(tmp_path / "locks"), **env)
     if "CUDA_VISIBLE_DEVICES" not in env:  # a developer's shell may have it set
         environment.pop("CUDA_VISIBLE_DEVICES", None)
-    return subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(tmp_path / f"{name}.held"), str(hold)],
-        env=environment,
-        stdout=subprocess.PIPE,
-        text=True,
+    return kill_at_teardown(  # a failing test must not leave a holder behind
+        subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(tmp_path / f"{name}.held"), str(hold)],
+            env=environment,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
     )
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import BIN, cli_env, run_cli
+from conftest import BIN, cli_env, kill_at_teardown, run_cli, run_in_own_group
 
 from resnet_repro.errors import ConfigError, DataError
 
@@ -365,20 +365,14 @@ def ddp_runs(tiny_index: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     """One process, and 2 processes with global BN under the write audit; per-step history rows."""
     base = tmp_path_factory.mktemp("ddp")
     (base / "audit.py").write_text(AUDIT_SCRIPT)
-    one = subprocess.run(
-        [str(BIN / "resnet-repro"), *train_args(tiny_index, base / "one", eval_every=1)],
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    one = run_in_own_group(
+        [str(BIN / "resnet-repro"), *train_args(tiny_index, base / "one", eval_every=1)], timeout=300, env=cli_env()
     )
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run(
+    two = run_in_own_group(  # torchrun and both workers: nothing outlives a timeout
         torchrun(2, [*train_args(tiny_index, base / "two", eval_every=1), "--sync-bn"], base / "audit.py"),
-        env=cli_env(AUDIT_WATCH=str(base / "two"), AUDIT_OUT=str(base)),
-        capture_output=True,
-        text=True,
         timeout=300,
+        env=cli_env(AUDIT_WATCH=str(base / "two"), AUDIT_OUT=str(base)),
     )
     assert two.returncode == 0, two.stderr[-3000:]
     return {"one": base / "one", "two": base / "two", "audit": base, "log": two.stderr}
@@ -414,7 +408,9 @@ def test_killed_ddp_run_resumes_to_the_same_curve(tiny_index: Path, ddp_runs: di
     checkpoints, all exit; the same command resumes, and the curve is the uninterrupted one."""
     out = tmp_path / "run"
     command = torchrun(2, [*train_args(tiny_index, out, eval_every=1, checkpoint_every=2), "--sync-bn"])
-    process = subprocess.Popen(command, env=cli_env(), stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = kill_at_teardown(
+        subprocess.Popen(command, env=cli_env(), stderr=subprocess.PIPE, text=True, start_new_session=True)
+    )
     deadline = time.monotonic() + 180
     while not (out / "checkpoint.pt").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -424,7 +420,7 @@ def test_killed_ddp_run_resumes_to_the_same_curve(tiny_index: Path, ddp_runs: di
     assert process.returncode != 0 and "stop requested at iteration" in stderr, stderr[-3000:]
     assert not (out / "model.pt").exists() and (out / "checkpoint.pt").exists()
 
-    resumed = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=300)
+    resumed = run_in_own_group(command, timeout=300, env=cli_env())
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert re.search(r"resuming resnet18 seed 0 from iteration [2-8] ", resumed.stderr), resumed.stderr[-3000:]
     assert not (out / "checkpoint.pt").exists()

@@ -112,3 +112,14 @@ def test_results_render_again_from_the_committed_files(plan, tmp_path: Path) -> 
         assert (tmp_path / "tables" / table.name).read_text() == table.read_text(), table.name
     metrics = json.loads((REPO / plan.experiments[EXPERIMENT][0].metrics).read_text())
     assert metrics["test_images"] == 10_000 and metrics["train_images"] == 50_000
+
+
+def test_readme_shows_the_committed_tables() -> None:
+    """The README opens with these results: its tables are the committed ones, row for row."""
+    readme = (REPO / "README.md").read_text()
+    assert "results/cifar10_short/figures/fig6.png" in readme
+    for name in ("results", "verdict", "runs"):
+        rows = [line for line in (RECORD / "tables" / f"{name}.md").read_text().splitlines() if line.startswith("|")]
+        assert rows, name
+        for row in rows:
+            assert row in readme, f"README is missing this row of tables/{name}.md: {row}"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BIN, cli_env, run_cli
+from conftest import BIN, cli_env, kill_at_teardown, run_cli
 
 from resnet_repro.train import TIMING_FIELDS
 
@@ -72,7 +72,9 @@ def test_sigterm_then_resume_is_bitwise_equal(digits_dir: Path, tmp_path: Path) 
 
     interrupted = tmp_path / "interrupted"
     command = [str(BIN / "resnet-repro"), "train", *TRAIN_ARGS, "--data", str(digits_dir), "--out", str(interrupted)]
-    process = subprocess.Popen(command, env=cli_env(), stderr=subprocess.PIPE, text=True)
+    process = kill_at_teardown(
+        subprocess.Popen(command, env=cli_env(), stderr=subprocess.PIPE, text=True, start_new_session=True)
+    )
     deadline = time.monotonic() + 120
     while not (interrupted / "history.csv").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -115,7 +117,11 @@ def test_same_seed_gives_identical_checkpoints_and_metrics(digits_dir: Path, tmp
 def test_checkpoint_of_other_settings_is_not_resumed(digits_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     first = [*TRAIN_ARGS[:-2], "--set", "checkpoint_every=10", "--data", str(digits_dir), "--out", str(out)]
-    process = subprocess.Popen([str(BIN / "resnet-repro"), "train", *first], env=cli_env(), stderr=subprocess.PIPE)
+    process = kill_at_teardown(
+        subprocess.Popen(
+            [str(BIN / "resnet-repro"), "train", *first], env=cli_env(), stderr=subprocess.PIPE, start_new_session=True
+        )
+    )
     deadline = time.monotonic() + 120
     while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline:
         time.sleep(0.05)

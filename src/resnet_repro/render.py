@@ -1061,7 +1061,9 @@ def short_table(results: ExperimentResults, refs: dict) -> Table:
     paper_iterations = load_schedules()["cifar_paper"]["iterations"]
     return Table(
         "results",
-        f"{results.name}: CIFAR-10 error (%) after {iterations:,} iterations, beside the paper's {paper_iterations:,}",
+        f"{results.name}: CIFAR-10 error (%) after {iterations:,} iterations, beside the paper's {paper_iterations:,}"
+        if iterations
+        else f"{results.name}: CIFAR-10 error (%), not run yet",
         [
             "model",
             "layers",

@@ -249,27 +249,28 @@ pids_with_env() {
     return 0
 }
 
-# SIGTERM to the pids given, up to 10 s for them to exit, then SIGKILL and wait until they are gone
-stop_pids() {
-    local name=$1 pid i left
-    shift
-    (($# == 0)) && return 0
-    kill "$@" 2>/dev/null || true
+# Up to 10 s for the pids given to exit; those still alive are left in the array `left`
+wait_gone() {
+    local pid i
     for ((i = 0; i < 100; i++)); do
         left=()
         for pid; do alive "$pid" && left+=("$pid"); done
-        ((${#left[@]} == 0)) && break
+        ((${#left[@]} == 0)) && return 0
         sleep 0.1
     done
+}
+
+# SIGTERM to the pids given, up to 10 s for them to exit, then SIGKILL and wait until they are gone
+stop_pids() {
+    local name=$1 left
+    shift
+    (($# == 0)) && return 0
+    kill "$@" 2>/dev/null || true
+    wait_gone "$@"
     if ((${#left[@]} > 0)); then
         log "$name (${left[*]}) ignored SIGTERM; killing"
         kill -9 "${left[@]}" 2>/dev/null || true
-        for ((i = 0; i < 100; i++)); do
-            left=()
-            for pid; do alive "$pid" && left+=("$pid"); done
-            ((${#left[@]} == 0)) && break
-            sleep 0.1
-        done
+        wait_gone "$@"
         ((${#left[@]} == 0)) || log "WARNING: $name (${left[*]}) still there after SIGKILL"
     fi
     log "stopped $name ($*)"
