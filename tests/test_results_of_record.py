@@ -64,9 +64,10 @@ def test_results_table_matches_the_metrics(results) -> None:
         train = [100 * run.metrics["train_error"] for run in group.runs]
         assert float(row["train_error_mean"]) == pytest.approx(math.fsum(train) / len(train), abs=1e-6)
         assert int(row["runs"]) == len(group.runs) == len(group.seeds)
-        # The metrics are the last evaluation of each run's history.
+        # The metrics agree with the last evaluation in each run's history (the evaluate step scores the saved
+        # model again, with its own batches under bf16: a few of the 10,000 images may flip).
         for run in group.runs:
-            assert run.history["test_error"][-1] == pytest.approx(run.metrics["test_error"], abs=1e-4)
+            assert run.history["test_error"][-1] == pytest.approx(run.metrics["test_error"], abs=2e-3)
 
 
 def test_verdict_of_record_is_what_the_runs_give(plan, results) -> None:
