@@ -4,11 +4,12 @@
 #   snakemake all --cores 8 --resources gpu=2     # everything enabled in config.yaml (`all` is the default)
 #   snakemake demo --cores 2                      # the offline demo on the bundled digits
 #
-# The experiment matrix lives in config.yaml; the stage commands, paths and settings in resnet_repro.pipeline.
+# The experiment matrix lives in config.yaml; its runs and settings come from resnet_repro.plan, the stage
+# commands from resnet_repro.stages and the file paths from resnet_repro.paths.
 
 from snakemake.utils import min_version
 
-from resnet_repro import pipeline, render
+from resnet_repro import plan, render, stages
 from resnet_repro.errors import ReproError
 
 min_version("9.0")
@@ -19,14 +20,14 @@ configfile: "config.yaml"
 
 try:
     # A local image folder missing here is left to the jobs that need it (a missing input), not a stop for all.
-    PLAN = pipeline.build_plan(pipeline.validated(config), check_data=False)
-    pipeline.sync_dvc_yaml(PLAN)
+    PLAN = plan.build_plan(plan.validated(config), check_data=False)
+    stages.sync_dvc_yaml(PLAN)
 except ReproError as error:
     raise SystemExit(f"error: {error}")
 
 # With `--sdm apptainer` every step runs in its pinned image (containers/); without it, natively.
-TRAIN_IMAGE = pipeline.container_image("train")
-RENDER_IMAGE = pipeline.container_image("render")
+TRAIN_IMAGE = stages.container_image("train")
+RENDER_IMAGE = stages.container_image("render")
 
 
 container: TRAIN_IMAGE

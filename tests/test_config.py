@@ -11,7 +11,8 @@ import yaml
 from conftest import CIFAR10_JPEG, REPO, cli_env, run_cli
 
 from resnet_repro.errors import ConfigError
-from resnet_repro.pipeline import build_plan, dvc_yaml_text, load_config, validate_config
+from resnet_repro.plan import build_plan, load_config, validate_config
+from resnet_repro.stages import dvc_yaml_text
 
 BASE = yaml.safe_load((REPO / "config.yaml").read_text())
 if not CIFAR10_JPEG.exists():  # a clone without ../shared/data: its short experiment has nothing to read
@@ -112,3 +113,15 @@ def test_snakemake_lint_reports_nothing() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
     assert "Lints for" not in result.stdout + result.stderr
+
+
+def test_the_schemas_settings_are_exactly_the_trainers_settings() -> None:
+    """One list of settings: a key added to TrainSettings without the schema (or the reverse) fails here, not as a
+    config.yaml that validates and then cannot be planned."""
+    import dataclasses
+
+    from resnet_repro.settings import TrainSettings
+
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    schema_keys = set(schema["$defs"]["settings"]["properties"])
+    assert schema_keys == {field.name for field in dataclasses.fields(TrainSettings)}

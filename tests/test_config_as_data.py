@@ -19,17 +19,11 @@ from hypothesis import strategies as st
 from test_pipeline import TINY_CONFIG, make_workspace, sh
 
 from resnet_repro.errors import ConfigError
-from resnet_repro.pipeline import (
-    build_plan,
-    command,
-    dvc_stages,
-    dvc_yaml_text,
-    imagenet_index_dir,
-    prepared_dir,
-    raw_archive,
-    validate_config,
-)
+from resnet_repro.paths import prepared_dir
+from resnet_repro.plan import build_plan, validate_config
 from resnet_repro.render import SUMMARY_DIR, experiment_dir, response_runs, responses_file
+from resnet_repro.shell import command
+from resnet_repro.stages import archive_file, dvc_stages, dvc_yaml_text
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 INJECTION = "file:///x/cifar-10-python.tar.gz; touch INJECTED; echo"  # the value from issue 15
@@ -126,10 +120,10 @@ def _refused(source: str, folder: str, imagenet: str, name: str) -> set[str]:
 def _intended(plan, source: str, folder: str, imagenet: str) -> dict[str, list[str]]:
     """Every stage's argv as meant: config values as single arguments, in their places."""
     argv = {
-        "fetch-cifar10": ["fetch", "cifar10", "--source", source, "--out", raw_archive("cifar10")],
-        "prepare-cifar10": ["prepare", "cifar10", "--raw", raw_archive("cifar10"), "--out", prepared_dir("cifar10")],
+        "fetch-cifar10": ["fetch", "cifar10", "--source", source, "--out", archive_file("cifar10")],
+        "prepare-cifar10": ["prepare", "cifar10", "--raw", archive_file("cifar10"), "--out", prepared_dir("cifar10")],
         "prepare-mine": ["prepare", "imagefolder", "--raw", folder, "--out", prepared_dir("mine")],
-        "index-imagenet": ["index-imagenet", "--path", imagenet, "--out", imagenet_index_dir()],
+        "index-imagenet": ["index-imagenet", "--path", imagenet, "--out", prepared_dir("imagenet")],
         "summary": ["summary", "--config", "config.yaml", "--out", SUMMARY_DIR],
     }
     for name, runs in plan.experiments.items():

@@ -245,7 +245,8 @@ def _has_scontrol() -> bool:
 
 
 def test_plan_resources_and_stages(tiny_imagenet: Path) -> None:
-    from resnet_repro.pipeline import build_plan, dvc_stages, imagenet_resources
+    from resnet_repro.plan import build_plan
+    from resnet_repro.stages import dvc_stages, imagenet_resources
 
     config = imagenet_config(tiny_imagenet, nodes=2, per_node=4, device="auto")
     plan = build_plan(config)

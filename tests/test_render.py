@@ -21,7 +21,8 @@ from conftest import run_cli
 
 from resnet_repro import render
 from resnet_repro.cli import main as cli_main
-from resnet_repro.pipeline import build_plan, dvc_stages, load_config, load_plan
+from resnet_repro.plan import build_plan, load_config, load_plan
+from resnet_repro.stages import dvc_stages
 
 REPO = Path(__file__).resolve().parents[1]
 HISTORY_FIELDS = [
@@ -690,12 +691,12 @@ def test_real_digits_runs_render(tmp_path: Path, digits_dir: Path) -> None:
 
 # --------------------------------------------------------------------------------------- the HTML report
 REPORT_SNAKEFILE = """
-from resnet_repro import pipeline, render
+from resnet_repro import plan, render, stages
 
 configfile: "config.yaml"
 
-PLAN = pipeline.build_plan(pipeline.validated(config), check_paths=False)
-RENDER_IMAGE = pipeline.container_image("render")
+PLAN = plan.build_plan(plan.validated(config), check_paths=False)
+RENDER_IMAGE = stages.container_image("render")
 
 rule everything:
     input: render.final_targets(PLAN, list(PLAN.experiments))

@@ -14,7 +14,7 @@ import yaml
 from conftest import REPO
 
 from resnet_repro import render
-from resnet_repro.pipeline import build_plan
+from resnet_repro.plan import build_plan
 
 EXPERIMENT = render.SHORT
 RECORD = REPO / "results" / EXPERIMENT

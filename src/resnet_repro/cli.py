@@ -18,6 +18,7 @@ import yaml
 
 from . import __version__
 from .errors import ConfigError, ReproError
+from .paths import RESPONSES_FILE, raw_archive
 
 if TYPE_CHECKING:
     from .settings import TrainSettings
@@ -59,7 +60,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     if args.dataset not in ARCHIVES:
         raise ConfigError(f"fetch knows {', '.join(ARCHIVES)}; digits needs no download")
     spec = ARCHIVES[args.dataset]
-    out = Path(args.out) if args.out else Path("data/raw") / spec.filename
+    out = Path(args.out or raw_archive(spec.filename))
     path = fetch(args.source or spec.url, out, args.md5 or spec.md5, retries=args.retries, quiet=args.quiet)
     print(path)
     return 0
@@ -76,7 +77,7 @@ def _run_settings(args: argparse.Namespace, default_schedule: str) -> TrainSetti
     """A run's settings: from config.yaml (pipeline mode, --config/--experiment) or --schedule/--set; and the
     model name checked, both before anything heavy starts."""
     if args.config:
-        from .pipeline import run_settings
+        from .plan import run_settings
 
         if not args.experiment:
             raise ConfigError("--config needs --experiment (the experiment whose settings this run uses)")
@@ -142,7 +143,7 @@ def cmd_imagenet_val_layout(args: argparse.Namespace) -> int:
 
 def _distributed_options(args: argparse.Namespace) -> dict:
     """The experiment's `distributed` block when --config is given, else the defaults."""
-    from .pipeline import DISTRIBUTED_DEFAULTS, distributed_options, load_plan
+    from .plan import DISTRIBUTED_DEFAULTS, distributed_options, load_plan
 
     if not args.config:
         return dict(DISTRIBUTED_DEFAULTS)
@@ -188,7 +189,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from .pipeline import load_plan
+    from .plan import load_plan
     from .render import experiment_dir, render_experiment
 
     plan = load_plan(args.config)
@@ -201,14 +202,14 @@ def cmd_responses(args: argparse.Namespace) -> int:
     from .analysis import write_responses
 
     run = Path(args.run)
-    out = Path(args.out) if args.out else run / "responses.json"
+    out = Path(args.out) if args.out else run / RESPONSES_FILE
     result = write_responses(run / "model.pt", Path(args.data), out, args.device)
     print(f"{out}: {len(result['layers'])} layers of {result['model']} on {result['images']} images")
     return 0
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from .pipeline import load_plan
+    from .plan import load_plan
     from .render import SUMMARY_DIR, render_summary
 
     plan = load_plan(args.config)
@@ -219,7 +220,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
-    from .pipeline import load_plan, sync_dvc_yaml
+    from .plan import load_plan
+    from .stages import sync_dvc_yaml
 
     plan = load_plan(args.config, check_data=args.action == "check")
     if args.action == "sync":

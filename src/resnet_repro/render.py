@@ -27,7 +27,8 @@ import yaml
 
 from .catalog import CATALOG
 from .errors import ConfigError, DataError
-from .pipeline import RESULTS_DIR, Plan, Run
+from .paths import RESULTS_DIR
+from .plan import Plan, Run
 from .settings import load_schedules
 
 REFERENCES_FILE = Path(__file__).with_name("references.yaml")
@@ -215,7 +216,7 @@ def summary_outputs() -> list[str]:
 def render_stages(plan: Plan) -> dict[str, dict]:
     """DVC stages of the render step (responses, one render per enabled experiment, the summary), with the same
     names and paths the Snakemake rules in workflow/rules/render.smk use."""
-    from .pipeline import command  # the one place where stage commands are quoted
+    from .shell import command  # the one place where stage commands are quoted
 
     stages: dict[str, dict] = {}
     for experiment in plan.experiments:

@@ -6,7 +6,9 @@ identity in checkpoints and provenance.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -111,19 +113,23 @@ class TrainSettings:
         return round(self.lr * self.gamma**passed, 12)  # 0.1 * 0.1 prints as 0.01, not 0.010000000000000002
 
 
+@functools.cache
+def _package_schedules() -> dict[str, dict]:
+    """schedules.yaml as written, read once per process (callers copy before changing it)."""
+    return yaml.safe_load(SCHEDULES_FILE.read_text())
+
+
 def load_schedules(extra: dict[str, dict] | None = None) -> dict[str, dict]:
     """The package's named schedules, extended or overridden by `extra` (config.yaml's `schedules:`), with every
     scaled schedule (`scaled_from`, `scale`) expanded into plain values."""
-    schedules = yaml.safe_load(SCHEDULES_FILE.read_text())
-    schedules.update(extra or {})
+    schedules = {**copy.deepcopy(_package_schedules()), **(extra or {})}
     return {name: _expand_scaled(name, values, schedules) for name, values in schedules.items()}
 
 
 def schedule_keys(name: str) -> list[str]:
     """The keys of the package's schedules.yaml whose values make up schedule `name` (itself, and the schedule it
     is scaled from): what a DVC stage tracks as its params."""
-    raw = yaml.safe_load(SCHEDULES_FILE.read_text())
-    source = (raw.get(name) or {}).get("scaled_from")
+    source = (_package_schedules().get(name) or {}).get("scaled_from")
     return [name, source] if source else [name]
 
 
@@ -150,9 +156,11 @@ def _expand_scaled(name: str, values: dict, schedules: dict[str, dict]) -> dict:
 
 
 def resolve_settings(
-    schedule: str, overrides: dict | None = None, extra_schedules: dict | None = None
+    schedule: str, overrides: dict | None = None, schedules: dict[str, dict] | None = None
 ) -> TrainSettings:
-    schedules = load_schedules(extra_schedules)
+    """Schedule `schedule` of `schedules` (default: the package's, see load_schedules) with `overrides` on top: the
+    one place where a run's settings are merged."""
+    schedules = load_schedules() if schedules is None else schedules
     if schedule not in schedules:
         raise ConfigError(f"unknown schedule {schedule!r}; known: {', '.join(sorted(schedules))}")
     values = {**schedules[schedule], **(overrides or {})}

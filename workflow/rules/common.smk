@@ -20,5 +20,5 @@ def _flag(path):
 
 
 def _imagenet_resources(wildcards):
-    """Resources of an ImageNet training job (see resnet_repro.pipeline.imagenet_resources)."""
-    return pipeline.imagenet_resources(PLAN.run("imagenet", wildcards.model, wildcards.seed), config)
+    """Resources of an ImageNet training job (see resnet_repro.stages.imagenet_resources)."""
+    return stages.imagenet_resources(PLAN.run("imagenet", wildcards.model, wildcards.seed), config)

@@ -1,13 +1,15 @@
-# Download and preparation. Paths and commands come from resnet_repro.pipeline (the DVC stages).
+# Download and preparation. Paths and commands come from resnet_repro.stages (the DVC stages).
+
+from resnet_repro import paths
 
 
 rule fetch:
     output:
-        "data/raw/{archive}",
+        paths.raw_archive(),
     wildcard_constraints:
         archive="cifar-10-python.tar.gz|cifar-100-python.tar.gz",
     params:
-        stage=lambda w: f"fetch-{pipeline.archive_dataset(w.archive)}",
+        stage=lambda w: f"fetch-{stages.archive_dataset(w.archive)}",
     log:
         "logs/fetch/{archive}.log",
     resources:
@@ -18,11 +20,11 @@ rule fetch:
 
 rule prepare:
     input:
-        lambda w: pipeline.prepare_inputs(w.dataset, config),
+        lambda w: stages.prepare_inputs(w.dataset, config),
     output:
         # The files, not the folder: a directory output would get a Snakemake timestamp file inside, which
         # would change the folder's DVC hash.
-        multiext("data/prepared/{dataset}/", "meta.json", "train.npz", "test.npz"),
+        multiext(f"{paths.prepared_dir()}/", *paths.PREPARED_FILES),
     params:
         stage="prepare-{dataset}",
     log:

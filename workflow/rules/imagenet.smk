@@ -1,6 +1,8 @@
 # ImageNet: an index of the local copy instead of fetch/prepare, and data-parallel training (torchrun) that takes
 # all the GPUs of its experiment's `distributed` block in one job (locally: `--resources gpu=N` counts them; on
-# SLURM: one job, several nodes with one srun task each). Stage commands come from resnet_repro.pipeline.
+# SLURM: one job, several nodes with one srun task each). Stage commands come from resnet_repro.stages.
+
+from resnet_repro import paths
 
 # The generic rules could also produce these files; these are the ones that apply to dataset imagenet.
 ruleorder: index_imagenet > prepare
@@ -10,7 +12,7 @@ ruleorder: evaluate_imagenet > evaluate
 
 rule index_imagenet:
     output:
-        multiext("data/prepared/imagenet/", "meta.json", "train.tsv", "val.tsv"),
+        multiext(f"{paths.prepared_dir('imagenet')}/", *paths.INDEX_FILES),
     params:
         stage="index-imagenet",
         path=config["datasets"].get("imagenet", {}).get("path") if config.get("datasets") else None,
@@ -26,11 +28,11 @@ rule index_imagenet:
 
 rule train_imagenet:
     input:
-        "data/prepared/imagenet/meta.json",
+        f"{paths.prepared_dir('imagenet')}/meta.json",
     output:
-        model="results/imagenet/{model}/seed{seed}/model.pt",
-        history="results/imagenet/{model}/seed{seed}/history.csv",
-        epochs="results/imagenet/{model}/seed{seed}/epochs.csv",
+        model=paths.run_file("model.pt", dataset="imagenet"),
+        history=paths.run_file("history.csv", dataset="imagenet"),
+        epochs=paths.run_file("epochs.csv", dataset="imagenet"),
     params:
         stage="train-imagenet-{model}-seed{seed}",
         settings=lambda w: PLAN.run("imagenet", w.model, w.seed).settings_json,
@@ -53,19 +55,19 @@ rule train_imagenet:
 
 rule evaluate_imagenet:
     input:
-        "results/imagenet/{model}/seed{seed}/model.pt",
-        "results/imagenet/{model}/seed{seed}/history.csv",
-        "results/imagenet/{model}/seed{seed}/epochs.csv",
-        "data/prepared/imagenet/meta.json",
+        paths.run_file("model.pt", dataset="imagenet"),
+        paths.run_file("history.csv", dataset="imagenet"),
+        paths.run_file("epochs.csv", dataset="imagenet"),
+        f"{paths.prepared_dir('imagenet')}/meta.json",
     output:
-        "results/imagenet/{model}/seed{seed}/metrics.json",
+        paths.run_file(paths.METRICS_FILE, dataset="imagenet"),
     params:
         stage="evaluate-imagenet-{model}-seed{seed}",
     log:
         "logs/evaluate/imagenet/{model}/seed{seed}.log",
     threads: 4
     resources:
-        gpu=lambda w: 0 if pipeline.distributed_options(config, PLAN.run("imagenet", w.model, w.seed).experiment)[
+        gpu=lambda w: 0 if plan.distributed_options(config, PLAN.run("imagenet", w.model, w.seed).experiment)[
             "device"
         ] == "cpu" else 1,
         runtime=120,

@@ -4,6 +4,8 @@
 # Snakefile and _flag from common.smk. Figures (PNG) and tables (HTML) are flagged for
 # `snakemake --report`, grouped by experiment.
 
+from resnet_repro import paths
+
 
 report: "../report/workflow.rst"
 
@@ -13,8 +15,8 @@ _RENDER_STAGES = _render.render_stages(PLAN)
 
 rule responses:
     input:
-        model="results/{dataset}/{model}/seed{seed}/model.pt",
-        data="data/prepared/{dataset}/meta.json",
+        model=paths.run_file("model.pt"),
+        data=f"{paths.prepared_dir()}/meta.json",
     output:
         _render.RESPONSES_PATTERN,
     params:

@@ -1,6 +1,8 @@
 # Training and evaluation: one job per run (dataset, model, seed). Training jobs take one GPU each; the trainer
 # picks a free GPU slot itself (see resnet_repro.gpu), or uses the CUDA_VISIBLE_DEVICES a scheduler set.
 
+from resnet_repro import paths
+
 
 wildcard_constraints:
     dataset="[a-z0-9_]+",
@@ -10,11 +12,11 @@ wildcard_constraints:
 
 rule train:
     input:
-        "data/prepared/{dataset}/meta.json",
+        f"{paths.prepared_dir()}/meta.json",
     output:
-        model="results/{dataset}/{model}/seed{seed}/model.pt",
-        history="results/{dataset}/{model}/seed{seed}/history.csv",
-        epochs="results/{dataset}/{model}/seed{seed}/epochs.csv",
+        model=paths.run_file("model.pt"),
+        history=paths.run_file("history.csv"),
+        epochs=paths.run_file("epochs.csv"),
     params:
         stage="train-{dataset}-{model}-seed{seed}",
         # The resolved settings: Snakemake reruns a job whose settings changed in config.yaml.
@@ -23,9 +25,9 @@ rule train:
         "logs/train/{dataset}/{model}/seed{seed}.log",
     threads: 2
     resources:
-        gpu=lambda w: pipeline.train_resources(PLAN.run(w.dataset, w.model, w.seed))["gpu"],
-        runtime=lambda w: pipeline.train_resources(PLAN.run(w.dataset, w.model, w.seed))["runtime"],
-        mem_mb=lambda w: pipeline.train_resources(PLAN.run(w.dataset, w.model, w.seed))["mem_mb"],
+        gpu=lambda w: stages.train_resources(PLAN.run(w.dataset, w.model, w.seed))["gpu"],
+        runtime=lambda w: stages.train_resources(PLAN.run(w.dataset, w.model, w.seed))["runtime"],
+        mem_mb=lambda w: stages.train_resources(PLAN.run(w.dataset, w.model, w.seed))["mem_mb"],
         cpus_per_task=2,
         # On SLURM: SIGTERM 5 minutes before the time limit, so the trainer checkpoints and a retry resumes;
         # append keeps the log of every attempt in one file.
@@ -36,12 +38,12 @@ rule train:
 
 rule evaluate:
     input:
-        "results/{dataset}/{model}/seed{seed}/model.pt",
-        "results/{dataset}/{model}/seed{seed}/history.csv",
-        "results/{dataset}/{model}/seed{seed}/epochs.csv",
-        "data/prepared/{dataset}/meta.json",
+        paths.run_file("model.pt"),
+        paths.run_file("history.csv"),
+        paths.run_file("epochs.csv"),
+        f"{paths.prepared_dir()}/meta.json",
     output:
-        "results/{dataset}/{model}/seed{seed}/metrics.json",
+        paths.run_file(paths.METRICS_FILE),
     params:
         stage="evaluate-{dataset}-{model}-seed{seed}",
     log:

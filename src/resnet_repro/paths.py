@@ -1,0 +1,39 @@
+"""Where the pipeline's files live: each path pattern of data and runs, defined once.
+
+The patterns keep Snakemake's wildcards (`{dataset}`, `{model}`, `{seed}`, `{archive}`): the rules use them as
+they are, and the DVC stages and the command line fill them in. Nothing here imports anything but the standard
+library.
+"""
+
+from __future__ import annotations
+
+DATA_DIR = "data"
+RESULTS_DIR = "results"
+RAW_ARCHIVE = f"{DATA_DIR}/raw/{{archive}}"
+PREPARED_DIR = f"{DATA_DIR}/prepared/{{dataset}}"
+PREPARED_FILES = ("meta.json", "train.npz", "test.npz")  # what `prepare` writes (an index writes INDEX_FILES)
+INDEX_FILES = ("meta.json", "train.tsv", "val.tsv")  # what `index-imagenet` writes
+RUN_DIR = f"{RESULTS_DIR}/{{dataset}}/{{model}}/seed{{seed}}"
+TRAINING_FILES = ("model.pt", "history.csv", "epochs.csv")  # what a training job writes
+METRICS_FILE = "metrics.json"  # what evaluation writes
+RESPONSES_FILE = "responses.json"  # Fig. 7's layer responses
+
+
+def raw_archive(archive: str = "{archive}") -> str:
+    """Where `fetch` puts an official archive (by its file name)."""
+    return RAW_ARCHIVE.format(archive=archive)
+
+
+def prepared_dir(dataset: str = "{dataset}") -> str:
+    """Where `prepare` (or `index-imagenet`) writes a dataset."""
+    return PREPARED_DIR.format(dataset=dataset)
+
+
+def run_dir(dataset: str = "{dataset}", model: str = "{model}", seed: int | str = "{seed}") -> str:
+    """A run's folder; with no arguments, the wildcard pattern."""
+    return RUN_DIR.format(dataset=dataset, model=model, seed=seed)
+
+
+def run_file(name: str, dataset: str = "{dataset}", model: str = "{model}", seed: int | str = "{seed}") -> str:
+    """A file of a run's folder; with no run given, the wildcard pattern."""
+    return f"{run_dir(dataset, model, seed)}/{name}"

@@ -1,0 +1,220 @@
+"""Runs turned into jobs: the DVC stages (commands, dependencies, outputs), job resources and container images.
+
+`dvc.yaml` is generated from these stages (`resnet-repro pipeline sync`), and every Snakemake rule runs its stage
+through DVC, so both front ends run the same commands on the same files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .catalog import CATALOG
+from .data import ARCHIVES
+from .errors import ConfigError
+from .paths import DATA_DIR, prepared_dir, raw_archive
+from .plan import IMAGENET, Plan, Run, distributed_options
+from .render import render_stages
+from .settings import schedule_keys
+from .shell import command
+
+DVC_HEADER = (
+    "# GENERATED from config.yaml by `resnet-repro pipeline sync` (every Snakemake run refreshes it).\n"
+    "# Do not edit: change config.yaml instead. After adding or removing runs, sync before `dvc repro`.\n"
+)
+# The package's schedules as DVC sees them: the file in this repository, wherever the package is installed.
+REPO_SCHEDULES = "src/resnet_repro/schedules.yaml"
+
+
+# Rough milliseconds per iteration on one current datacenter GPU at the schedule's batch size, by model family;
+# SLURM wall times are 2x the estimate plus 15 minutes (a model depth scales the CIFAR nets linearly).
+MS_PER_ITERATION = {"cifar_layer": 0.25, "cifar_resnet": 12.0, "vgg": 10.0, "fc": 1.0, "imagenet": 120.0}
+
+
+def train_resources(run: Run) -> dict[str, int]:
+    """Per-job resources of a training job: one GPU, memory and a wall time that scales with the work."""
+    entry = CATALOG[run.model]
+    if entry.kind == "fc":
+        per_iteration = MS_PER_ITERATION["fc"]
+    elif entry.kind == "vgg":
+        per_iteration = MS_PER_ITERATION["vgg"]
+    elif entry.family == "imagenet":
+        per_iteration = MS_PER_ITERATION["imagenet"]
+    elif entry.args.get("widths") == (16, 32, 64):
+        depth = int("".join(ch for ch in run.model if ch.isdigit()))
+        per_iteration = MS_PER_ITERATION["cifar_layer"] * depth
+    else:
+        per_iteration = MS_PER_ITERATION["cifar_resnet"]
+    minutes = 2 * per_iteration * run.settings.iterations / 60000 + 15
+    memory = 32000 if entry.family == "imagenet" else 16000 if run.model == "resnet1202" else 8000
+    return {"gpu": 1, "runtime": int(minutes), "mem_mb": memory}
+
+
+IMAGE_VERSION_FILE = Path("containers/VERSION")
+IMAGE_PREFIX_ENV = "RESNET_REPRO_IMAGE_PREFIX"  # e.g. docker://ghcr.io/you/ once the images are pushed
+
+
+def container_image(kind: str, root: Path = Path(".")) -> str:
+    """The pinned image of `kind` ('train' or 'render') for Snakemake's container: directive."""
+    version_file = root / IMAGE_VERSION_FILE
+    version = version_file.read_text().strip() if version_file.is_file() else "unknown"
+    prefix = os.environ.get(IMAGE_PREFIX_ENV, "docker://localhost/")
+    return f"{prefix}resnet-repro-{kind}:{version}"
+
+
+def imagenet_resources(run: Run, config: dict) -> dict[str, Any]:
+    """Resources of an ImageNet training job: all its GPUs (locally `--resources gpu=N` counts them), CPUs for the
+    loader workers, and for several nodes the SLURM task layout (one srun task per node, each a torchrun agent).
+    Keys that do not apply are None (Snakemake drops them)."""
+    options = distributed_options(config, run.experiment)
+    nodes, per_node = options["nodes"], options["processes_per_node"]
+    base = train_resources(run)
+    gpus = 0 if options["device"] == "cpu" else nodes * per_node
+    multi = nodes > 1
+    return {
+        "gpu": gpus,
+        "runtime": int(base["runtime"] / max(1, gpus)) + 15 if gpus else base["runtime"],
+        "mem_mb": 12000 * per_node,  # per node: a process, its CUDA context and its workers' prefetched batches
+        "cpus_per_task": per_node * (options["workers"] + 1),
+        "nodes": nodes if multi else None,
+        # The job step plugin runs an "mpi" job's command without wrapping it in `srun -n1`: launch runs srun itself.
+        "mpi": "srun" if multi else None,
+        "tasks": nodes if multi else None,
+        "tasks_per_gpu": 0 if multi else None,  # else the plugin turns `tasks` into --ntasks-per-gpu
+        # SLURM gives each of the N nodes at least one of the N tasks: one torchrun agent per node.
+        "slurm_extra": "--signal=TERM@300 --open-mode=append",
+    }
+
+
+def archive_file(dataset: str) -> str:
+    """Where `fetch` puts the official archive of `dataset`."""
+    return raw_archive(ARCHIVES[dataset].filename)
+
+
+def archive_dataset(archive: str) -> str:
+    """The dataset whose official archive is named `archive`."""
+    for name, spec in ARCHIVES.items():
+        if spec.filename == archive:
+            return name
+    raise ConfigError(f"no dataset has the archive {archive!r}")
+
+
+def prepare_inputs(dataset: str, config: dict | None = None) -> list[str]:
+    """What the prepare step reads: the official archive, or a local image folder's path (outside the DAG)."""
+    if dataset in ARCHIVES:
+        return [archive_file(dataset)]
+    local = ((config or {}).get("datasets", {}).get(dataset) or {}).get("path")
+    return [local] if local and dataset not in ("digits", IMAGENET) else []
+
+
+def _schedule_param(run: Run, config: dict) -> dict[str, list[str]]:
+    if run.schedule in (config.get("schedules") or {}):
+        return {"config.yaml": [f"schedules.{run.schedule}"]}
+    return {REPO_SCHEDULES: schedule_keys(run.schedule)}
+
+
+def in_git(path: str) -> bool:
+    """Whether a stage output is committed to git rather than stored in DVC's cache: the small results (histories,
+    metrics, layer responses, figures, tables) are, as DVC's examples keep theirs, so a clone shows them and
+    `dvc metrics diff` compares commits without a pull; data and weights (*.pt) go to the cache."""
+    return not (path.startswith(f"{DATA_DIR}/") or path.endswith(".pt"))
+
+
+def _dvc_outs(paths: list[str]) -> list[Any]:
+    return [{path: {"cache": False}} if in_git(path) else path for path in paths]
+
+
+def stage_names(run: Run) -> dict[str, str]:
+    return {"train": f"train-{run.key}", "evaluate": f"evaluate-{run.key}"}
+
+
+def dvc_stages(plan: Plan) -> dict[str, dict]:
+    """The DVC stages of every enabled run, with the commands the Snakemake rules also run (through DVC)."""
+    stages: dict[str, dict] = {}
+    datasets_conf = plan.config["datasets"]
+    for dataset in plan.datasets:
+        path = (datasets_conf.get(dataset) or {}).get("path")  # ImageNet's copy, or a local image folder
+        if dataset == IMAGENET:
+            # The copy lives outside the repository (not a DVC dependency); its path is a parameter, and the index
+            # records the copy's identity (a fingerprint of its file names and sizes).
+            stages["index-imagenet"] = {
+                "cmd": command("resnet-repro", "index-imagenet", "--path", path, "--out", prepared_dir(IMAGENET)),
+                "params": [{"config.yaml": ["datasets.imagenet.path"]}],
+                "outs": [prepared_dir(IMAGENET)],
+            }
+        elif dataset in ARCHIVES:
+            source = (datasets_conf.get(dataset) or {}).get("source", ARCHIVES[dataset].url)
+            stages[f"fetch-{dataset}"] = {
+                "cmd": command("resnet-repro", "fetch", dataset, "--source", source, "--out", archive_file(dataset)),
+                "outs": [archive_file(dataset)],
+            }
+            stages[f"prepare-{dataset}"] = {
+                "cmd": command(
+                    "resnet-repro", "prepare", dataset, "--raw", archive_file(dataset), "--out", prepared_dir(dataset)
+                ),
+                "deps": [archive_file(dataset)],
+                "outs": [prepared_dir(dataset)],
+            }
+        elif dataset == "digits":
+            stages["prepare-digits"] = {
+                "cmd": command("resnet-repro", "prepare", "digits", "--out", prepared_dir(dataset)),
+                "outs": [prepared_dir(dataset)],
+            }
+        else:
+            stages[f"prepare-{dataset}"] = {
+                "cmd": command("resnet-repro", "prepare", "imagefolder", "--raw", path, "--out", prepared_dir(dataset)),
+                "outs": [prepared_dir(dataset)],
+            }
+    for run in plan.runs.values():
+        names = stage_names(run)
+        params: list[Any] = [_schedule_param(run, plan.config)]
+        keys = list(run.param_keys)
+        distributed = plan.config["experiments"][run.experiment].get("distributed") or {}
+        if run.dataset == IMAGENET and "sync_bn" in distributed:
+            keys.append(f"experiments.{run.experiment}.distributed.sync_bn")  # changes the result; the rest is speed
+        if keys:
+            params.insert(0, {"config.yaml": keys})
+        experiment = ("--config", "config.yaml", "--experiment", run.experiment)
+        train = (*experiment, "--model", run.model, "--seed", run.seed, "--data", run.prepared, "--out", run.folder)
+        if run.dataset == IMAGENET:
+            # The process layout is read from config.yaml at run time, not written into the command: changing the
+            # number of GPUs must not make DVC retrain a finished run.
+            cmd = command("resnet-repro", "launch", *experiment, "--", "train-imagenet", *train)
+        else:
+            cmd = command("resnet-repro", "train", *train)
+        stages[names["train"]] = {
+            "cmd": cmd,
+            "deps": [run.prepared],
+            "params": params,
+            "outs": list(run.files().values()),
+        }
+        stages[names["evaluate"]] = {
+            "cmd": command("resnet-repro", "evaluate", "--run", run.folder, "--data", run.prepared),
+            "deps": [run.files()["model"], run.files()["history"], run.files()["epochs"], run.prepared],
+            "metrics": [{run.metrics: {"cache": not in_git(run.metrics)}}],
+        }
+    stages.update(render_stages(plan))
+    return stages
+
+
+def dvc_yaml_text(plan: Plan) -> str:
+    stages = {
+        name: {**stage, "outs": _dvc_outs(stage["outs"])} if "outs" in stage else stage
+        for name, stage in dvc_stages(plan).items()
+    }
+    return DVC_HEADER + yaml.safe_dump({"stages": stages}, sort_keys=False, width=1000)
+
+
+def sync_dvc_yaml(plan: Plan, path: Path | str = "dvc.yaml") -> bool:
+    """Write dvc.yaml if its content differs; return whether it changed."""
+    path = Path(path)
+    text = dvc_yaml_text(plan)
+    if path.is_file() and path.read_text() == text:
+        return False
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
+    return True
