@@ -34,9 +34,9 @@ container: TRAIN_IMAGE
 
 
 rule all:
+    default_target: True
     input:
         render.final_targets(PLAN, PLAN.default_experiments),
-    default_target: True
 
 
 rule demo:

@@ -25,8 +25,7 @@ FILES = [
     ".dvc/config",
     ".dvcignore",
     ".gitignore",
-    "src/resnet_repro/schedules.yaml",
-    "src/resnet_repro/references.yaml",
+    "src/resnet_repro",  # the stages depend on the code they run
     "containers/VERSION",
 ]
 
@@ -39,7 +38,10 @@ def build_workspace(root: Path) -> int:
     for name in FILES:
         target = root / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if (REPO / name).is_dir() else shutil.copy2)(REPO / name, target)
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(REPO / name, target)
     # The paper's experiments as well as the shipped short one: the full matrix, as a GPU user's `all` would be.
     config = yaml.safe_load((root / "config.yaml").read_text())
     config["all"] = ["degradation", "cifar10_depth", "fc_vs_resnet", "cifar100", "imagenet", *config["all"]]

@@ -79,13 +79,13 @@ def test_the_shipped_config_is_valid_and_dvc_yaml_is_in_sync() -> None:
 
 
 def _workspace_with(tmp_path: Path, config: dict) -> Path:
-    for name in ("Snakefile", "workflow", "containers/VERSION", "src/resnet_repro/schedules.yaml"):
+    for name in ("Snakefile", "workflow", "containers/VERSION", "src/resnet_repro"):
         source, target = REPO / name, tmp_path / name
         target.parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
             import shutil
 
-            shutil.copytree(source, target)
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             target.write_bytes(source.read_bytes())
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))

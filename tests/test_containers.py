@@ -434,7 +434,8 @@ def test_tiny_pipeline_runs_its_steps_inside_the_images(built_images, tmp_path):
     for model in ("plain8", "resnet8"):
         metrics = json.loads((workspace / f"results/digits/{model}/seed0/metrics.json").read_text())
         assert metrics["test_error"] < 0.9, metrics["test_error"]
-        provenance = metrics["provenance"]
+        details = json.loads((workspace / f"results/digits/{model}/seed0/details.json").read_text())
+        provenance = details["provenance"]
         assert provenance["python_version"] == image_python, provenance
         assert provenance["git_commit"] == head.stdout.strip(), provenance
         assert provenance["train_device"] == "cpu", provenance

@@ -22,8 +22,7 @@ WORKSPACE_FILES = [
     "Snakefile",
     "config.yaml",
     "workflow",
-    "src/resnet_repro/schedules.yaml",
-    "src/resnet_repro/references.yaml",
+    "src/resnet_repro",  # the stages depend on the code they run
     ".dvc/config",
     ".dvcignore",
     ".gitignore",

@@ -43,5 +43,5 @@ def test_one_epoch_of_resnet20_on_real_cifar10_jpeg(cifar10_jpeg_prepared: Path,
     )
     run_cli("evaluate", "--run", str(out), "--data", str(cifar10_jpeg_prepared))
     metrics = json.loads((out / "metrics.json").read_text())
-    print(f"ResNet-20, one epoch on JPEG CIFAR-10: test accuracy {metrics['top1_accuracy']:.3f}")
-    assert metrics["top1_accuracy"] >= 0.40
+    print(f"ResNet-20, one epoch on JPEG CIFAR-10: test error {metrics['test_error']:.3f}")
+    assert metrics["test_error"] <= 0.60

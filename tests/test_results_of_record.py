@@ -111,8 +111,8 @@ def test_results_render_again_from_the_committed_files(plan, tmp_path: Path) -> 
     }
     for table in (RECORD / "tables").iterdir():
         assert (tmp_path / "tables" / table.name).read_text() == table.read_text(), table.name
-    metrics = json.loads((REPO / plan.experiments[EXPERIMENT][0].metrics).read_text())
-    assert metrics["test_images"] == 10_000 and metrics["train_images"] == 50_000
+    details = json.loads((REPO / plan.experiments[EXPERIMENT][0].details).read_text())
+    assert details["test_images"] == 10_000 and details["train_images"] == 50_000
 
 
 def test_readme_shows_the_committed_tables() -> None:

@@ -46,7 +46,8 @@ def demo_config(iterations: int = 20, models: tuple[str, ...] = ("plain8", "resn
 
 
 def _comparable(metrics_path: Path) -> dict:
-    metrics = json.loads(metrics_path.read_text())
+    """A run's metrics and details, less what differs between two workspaces."""
+    metrics = json.loads(metrics_path.read_text()) | json.loads(metrics_path.with_name("details.json").read_text())
     metrics["provenance"].pop("git_commit")  # two workspaces, two commits
     return metrics
 

@@ -38,6 +38,8 @@ def test_training_on_digits_learns(digits_dir: Path, tmp_path: Path) -> None:
     )
     run_cli("evaluate", "--run", str(tmp_path / "run"), "--data", str(digits_dir))
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert set(metrics) == {"test_error", "top5_error", "test_loss", "train_error", "train_loss", "parameters"}
+    metrics |= json.loads((tmp_path / "run" / "details.json").read_text())
     assert metrics["test_error"] < 0.15  # chance is 0.90
     assert metrics["parameters"] == 75002
     assert sum(sum(row) for row in metrics["confusion_matrix"]) == 359

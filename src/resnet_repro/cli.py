@@ -18,7 +18,7 @@ import yaml
 
 from . import __version__
 from .errors import ConfigError, ReproError
-from .paths import RESPONSES_FILE, raw_archive
+from .paths import METRICS_FILE, RESPONSES_FILE, raw_archive
 
 if TYPE_CHECKING:
     from .settings import TrainSettings
@@ -110,9 +110,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .imagenet import is_index
 
     run = Path(args.run)
-    out = Path(args.out) if args.out else run / "metrics.json"
+    out = Path(args.out) if args.out else run / METRICS_FILE
     if is_index(args.data):  # ImageNet: streamed from the image folder, 10-crop testing
-        from .imagenet import evaluate as evaluate_imagenet
+        from .evaluate import evaluate_imagenet
 
         metrics = evaluate_imagenet(run / "model.pt", Path(args.data), out, args.device, args.workers)
         print(f"{out}: 10-crop error {metrics['test_error']:.4f}, centre crop {metrics['single_crop_error']:.4f}")

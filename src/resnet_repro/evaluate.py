@@ -1,5 +1,8 @@
-"""Evaluation of a trained run: metrics.json with errors, top-k, per-class accuracy, confusion matrix and
-provenance. Nothing in it depends on timing, so equal runs give byte-equal files."""
+"""Evaluation of a trained run: its headline numbers (metrics.json) and the rest (details.json).
+
+metrics.json holds what runs are compared by (`dvc metrics show/diff`): errors, losses and the parameter count.
+details.json beside it holds the run's identity, top-k and per-class accuracy, the confusion matrix, the sample
+sizes and the provenance. Nothing in either depends on timing, so equal runs give byte-equal files."""
 
 from __future__ import annotations
 
@@ -17,8 +20,37 @@ from . import __version__
 from .data import load_prepared
 from .errors import DataError
 from .models import build_model, count_parameters
+from .paths import DETAILS_FILE, METRICS_FILE
 from .settings import TrainSettings
 from .train import DeviceData, atomic_write_bytes, choose_runtime, evaluate_arrays, load_checkpoint, pick_device
+
+# The numbers `dvc metrics show` lists (those a run has): one short row per run.
+HEADLINE_METRICS = (
+    "test_error",
+    "top5_error",
+    "test_loss",
+    "train_error",
+    "train_loss",
+    "single_crop_error",
+    "parameters",
+)
+
+
+def details_file(metrics_file: Path) -> Path:
+    """The companion of a metrics file: details.json beside metrics.json (X.details.json beside any other X.json)."""
+    metrics_file = Path(metrics_file)
+    if metrics_file.name == METRICS_FILE:
+        return metrics_file.with_name(DETAILS_FILE)
+    return metrics_file.with_suffix(".details.json")
+
+
+def write_evaluation(result: dict[str, Any], out: Path) -> None:
+    """Split `result` into the headline metrics (`out`) and the details (its companion), each written atomically;
+    the details first, so that a metrics file never stands without them."""
+    headline = {key: result[key] for key in HEADLINE_METRICS if key in result}
+    details = {key: value for key, value in result.items() if key not in headline}
+    atomic_write_bytes(details_file(out), (json.dumps(details, indent=2) + "\n").encode())
+    atomic_write_bytes(Path(out), (json.dumps(headline, indent=2) + "\n").encode())
 
 
 def git_commit(where: Path | None = None) -> str:
@@ -55,10 +87,12 @@ def accuracy_metrics(
     confusion.index_put_((truth, predicted), torch.ones_like(truth), accumulate=True)
     per_class = (confusion.diag().double() / confusion.sum(1).clamp(min=1)).tolist()
     accuracy = (predicted == truth).double().mean().item()
+    top_k = round((top == truth[:, None]).any(1).double().mean().item(), 6)
     metrics = {
         "test_error": round(1 - accuracy, 6),
         "top1_accuracy": round(accuracy, 6),
-        f"top{k}_accuracy": round((top == truth[:, None]).any(1).double().mean().item(), 6),
+        f"top{k}_accuracy": top_k,
+        f"top{k}_error": round(1 - top_k, 6),
         "per_class_accuracy": {name: round(value, 6) for name, value in zip(classes, per_class, strict=True)},
     }
     return metrics, confusion
@@ -123,5 +157,79 @@ def evaluate(model_path: Path, data_dir: Path, out: Path, device: str = "auto") 
         "confusion_matrix": confusion.tolist(),
         "provenance": provenance(saved, target),
     }
-    atomic_write_bytes(Path(out), (json.dumps(metrics, indent=2) + "\n").encode())
+    write_evaluation(metrics, Path(out))
+    return metrics
+
+
+def evaluate_imagenet(
+    model_path: Path, data_dir: Path, out: Path, device: str = "auto", workers: int = 4, batch_size: int = 50
+) -> dict[str, Any]:
+    """metrics.json and details.json of an ImageNet run: 10-crop top-1/top-5 error as test_error (Table 2's
+    protocol), the single centre crop as single_crop_error; the same keys evaluate.py writes for the other
+    datasets."""
+
+    from .imagenet import Augment, TestImages, load_index, normalizer, worker_init
+
+    model_path = Path(model_path)
+    model, saved = load_trained_model(model_path)
+    index = load_index(data_dir)
+    if index.sha256 != saved["dataset"]["sha256"]:
+        raise DataError(
+            f"{model_path} was trained on ImageNet copy {saved['dataset']['sha256'][:12]}, but {data_dir} indexes "
+            f"{index.sha256[:12]}; evaluate it on the data it was trained with"
+        )
+    settings = TrainSettings.from_dict(saved["settings"])
+    augment = Augment.from_settings(settings.augment)
+    target = pick_device(device)
+    runtime = choose_runtime(settings, target)
+    model.to(target).eval()
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    mean, std = normalizer(index, settings.normalize, target)
+    loader = torch.utils.data.DataLoader(
+        TestImages(index, augment, ten_crop=True),
+        batch_size=batch_size,
+        num_workers=workers,
+        worker_init_fn=worker_init if workers else None,
+        pin_memory=target.type == "cuda",
+    )
+    probs_10, logits_1, labels = [], [], []
+    with torch.no_grad():
+        for views, y in loader:
+            b, v = views.shape[:2]
+            x = views.to(target, non_blocking=True).flatten(0, 1).float().div_(255).sub_(mean).div_(std)
+            if runtime.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with runtime.autocast():
+                logits = model(x).float().view(b, v, -1)
+            probs_10.append(logits.softmax(-1).mean(1).cpu())
+            logits_1.append(logits[:, 0].cpu())
+            labels.append(y)
+    probs, single, truth = torch.cat(probs_10), torch.cat(logits_1), torch.cat(labels)
+    classes = index.classes
+    accuracy, confusion = accuracy_metrics(probs, truth, classes)
+    k = min(5, len(classes))
+    single_top = single.topk(k, dim=1).indices
+    metrics: dict[str, Any] = {
+        "model": saved["model_name"],
+        "dataset": "imagenet",
+        "split": "val",
+        "seed": saved["seed"],
+        **accuracy,
+        "test_loss": round(F.nll_loss(probs.clamp(min=1e-12).log(), truth).item(), 6),
+        "testing": "10-crop (shorter side resized to test_resize; centre, 4 corners and their mirrors; mean softmax)",
+        "single_crop_error": round(1 - (single_top[:, 0] == truth).double().mean().item(), 6),
+        f"single_crop_top{k}_error": round(1 - (single_top == truth[:, None]).any(1).double().mean().item(), 6),
+        "single_crop_loss": round(F.cross_entropy(single, truth).item(), 6),
+        **{key: round(value, 6) for key, value in _last_train_row(model_path.parent).items()},
+        "parameters": count_parameters(model),
+        # 1000x1000 would be megabytes of JSON, mostly zeros: kept only for small class counts.
+        **({"confusion_matrix": confusion.tolist()} if len(classes) <= 100 else {}),
+        "provenance": {
+            **provenance(saved, target),
+            "train_world_size": saved["runtime"].get("world_size", 1),
+            "dataset_root": index.meta["root"],
+        },
+    }
+    write_evaluation(metrics, Path(out))
     return metrics

@@ -15,7 +15,8 @@ PREPARED_FILES = ("meta.json", "train.npz", "test.npz")  # what `prepare` writes
 INDEX_FILES = ("meta.json", "train.tsv", "val.tsv")  # what `index-imagenet` writes
 RUN_DIR = f"{RESULTS_DIR}/{{dataset}}/{{model}}/seed{{seed}}"
 TRAINING_FILES = ("model.pt", "history.csv", "epochs.csv")  # what a training job writes
-METRICS_FILE = "metrics.json"  # what evaluation writes
+METRICS_FILE = "metrics.json"  # what evaluation writes: the headline numbers (DVC metrics)
+DETAILS_FILE = "details.json"  # and beside them the rest: identity, per-class accuracy, provenance
 RESPONSES_FILE = "responses.json"  # Fig. 7's layer responses
 
 

@@ -18,7 +18,7 @@ import yaml
 from .catalog import CATALOG
 from .data import ARCHIVES, source_path
 from .errors import ConfigError, DataError
-from .paths import METRICS_FILE, TRAINING_FILES, prepared_dir, run_dir
+from .paths import DETAILS_FILE, METRICS_FILE, TRAINING_FILES, prepared_dir, run_dir
 from .settings import TrainSettings, load_schedules, resolve_settings
 from .shell import unquotable
 
@@ -57,6 +57,10 @@ class Run:
     @property
     def metrics(self) -> str:
         return f"{self.folder}/{METRICS_FILE}"
+
+    @property
+    def details(self) -> str:
+        return f"{self.folder}/{DETAILS_FILE}"
 
     @property
     def settings_json(self) -> str:

@@ -27,7 +27,7 @@ import yaml
 
 from .catalog import CATALOG
 from .errors import ConfigError, DataError
-from .paths import RESULTS_DIR
+from .paths import DETAILS_FILE, METRICS_FILE, RESULTS_DIR
 from .plan import Plan, Run
 from .settings import load_schedules
 
@@ -199,7 +199,7 @@ def render_outputs(plan: Plan, experiment: str, out_dir: str | None = None) -> d
 def render_inputs(plan: Plan, experiment: str) -> list[str]:
     files = [REPO_REFERENCES]
     for run in plan.experiments.get(experiment, []):
-        files += [run.metrics, run.files()["history"], run.files()["epochs"]]
+        files += [run.metrics, run.details, run.files()["history"], run.files()["epochs"]]
     files += [responses_file(run) for run in response_runs(plan, experiment)]
     return list(dict.fromkeys(files))
 
@@ -243,7 +243,7 @@ def render_stages(plan: Plan) -> dict[str, dict]:
         }
     deps = [REPO_REFERENCES]
     for experiment in summary_experiments(plan):
-        deps += [run.metrics for run in plan.experiments.get(experiment, [])]
+        deps += [path for run in plan.experiments.get(experiment, []) for path in (run.metrics, run.details)]
     stages[stage_name("summary")] = {
         "cmd": command("resnet-repro", "summary", "--config", "config.yaml", "--out", SUMMARY_DIR),
         "deps": list(dict.fromkeys(deps)),
@@ -362,15 +362,20 @@ def _read_csv(path: Path) -> dict[str, list[float]] | None:
 
 
 def load_run(folder: Path | str, model: str = "", seed: int = 0) -> RunResult | None:
-    """A finished run (metrics.json present), or None when it has not run."""
+    """A finished run (metrics.json present), or None when it has not run. Its metrics are the headline numbers
+    and the details beside them (details.json: identity, per-class accuracy, sample sizes, provenance)."""
     folder = Path(folder)
-    metrics_path = folder / "metrics.json"
+    metrics_path = folder / METRICS_FILE
     if not metrics_path.is_file():
         return None
-    try:
-        metrics = json.loads(metrics_path.read_text())
-    except (OSError, ValueError) as error:
-        raise DataError(f"{metrics_path}: not valid JSON ({error}); evaluate the run again") from None
+    metrics: dict = {}
+    for path in (folder / DETAILS_FILE, metrics_path):
+        if path.name == DETAILS_FILE and not path.is_file():
+            continue  # evaluated before the details had a file of their own
+        try:
+            metrics.update(json.loads(path.read_text()))
+        except (OSError, ValueError) as error:
+            raise DataError(f"{path}: not readable JSON ({error}); evaluate the run again") from None
     return RunResult(
         model or metrics.get("model", ""),
         int(metrics.get("seed", seed)),

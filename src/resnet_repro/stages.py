@@ -20,6 +20,7 @@ from .plan import IMAGENET, Plan, Run, distributed_options
 from .render import render_stages
 from .settings import schedule_keys
 from .shell import command
+from .sources import command_sources
 
 DVC_HEADER = (
     "# GENERATED from config.yaml by `resnet-repro pipeline sync` (every Snakemake run refreshes it).\n"
@@ -195,9 +196,37 @@ def dvc_stages(plan: Plan) -> dict[str, dict]:
             "cmd": command("resnet-repro", "evaluate", "--run", run.folder, "--data", run.prepared),
             "deps": [run.files()["model"], run.files()["history"], run.files()["epochs"], run.prepared],
             "metrics": [{run.metrics: {"cache": not in_git(run.metrics)}}],
+            "outs": [run.details],
         }
     stages.update(render_stages(plan))
+    for name, stage in stages.items():  # the code each command runs is a dependency: changing it makes it stale
+        deps = [*stage.get("deps", []), *command_sources(stage["cmd"])]
+        stages[name] = {"cmd": stage["cmd"], "deps": deps} | {k: v for k, v in stage.items() if k != "deps"}
     return stages
+
+
+def _error_curves(runs: list[Run], title: str) -> dict[str, Any]:
+    """A DVC plot of training and test error against iteration, one line per run and series."""
+    return {
+        "title": title,
+        "template": "linear",
+        "x": "iteration",
+        "y": {run.files()["history"]: ["train_error", "test_error"] for run in runs},
+        "y_label": "error",
+    }
+
+
+def dvc_plots(plan: Plan) -> list[dict[str, Any]]:
+    """The curves `dvc plots show` draws and `dvc plots diff <rev>` overlays: each run's history, then each
+    experiment's runs together."""
+    plots = [
+        {f"error-{run.key}": _error_curves([run], f"{run.model}, seed {run.seed} ({run.dataset})")}
+        for run in plan.runs.values()
+    ]
+    plots += [
+        {f"error-{name}": _error_curves(runs, f"{name}: every run")} for name, runs in plan.experiments.items() if runs
+    ]
+    return plots
 
 
 def dvc_yaml_text(plan: Plan) -> str:
@@ -205,7 +234,7 @@ def dvc_yaml_text(plan: Plan) -> str:
         name: {**stage, "outs": _dvc_outs(stage["outs"])} if "outs" in stage else stage
         for name, stage in dvc_stages(plan).items()
     }
-    return DVC_HEADER + yaml.safe_dump({"stages": stages}, sort_keys=False, width=1000)
+    return DVC_HEADER + yaml.safe_dump({"stages": stages, "plots": dvc_plots(plan)}, sort_keys=False, width=1000)
 
 
 def sync_dvc_yaml(plan: Plan, path: Path | str = "dvc.yaml") -> bool:

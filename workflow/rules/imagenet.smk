@@ -2,7 +2,8 @@
 # all the GPUs of its experiment's `distributed` block in one job (locally: `--resources gpu=N` counts them; on
 # SLURM: one job, several nodes with one srun task each). Stage commands come from resnet_repro.stages.
 
-from resnet_repro import paths
+from resnet_repro import paths, sources
+
 
 # The generic rules could also produce these files; these are the ones that apply to dataset imagenet.
 ruleorder: index_imagenet > prepare
@@ -11,17 +12,19 @@ ruleorder: evaluate_imagenet > evaluate
 
 
 rule index_imagenet:
+    input:
+        code=sources.subcommand_files("index-imagenet"),
     output:
         multiext(f"{paths.prepared_dir('imagenet')}/", *paths.INDEX_FILES),
-    params:
-        stage="index-imagenet",
-        path=config["datasets"].get("imagenet", {}).get("path") if config.get("datasets") else None,
     log:
         "logs/prepare/imagenet.log",
     threads: 4
     resources:
         runtime=60,
         mem_mb=4000,
+    params:
+        stage="index-imagenet",
+        path=config["datasets"].get("imagenet", {}).get("path") if config.get("datasets") else None,
     shell:
         "dvc --wait-for-lock repro --single-item {params.stage} > {log} 2>&1"
 
@@ -29,13 +32,11 @@ rule index_imagenet:
 rule train_imagenet:
     input:
         f"{paths.prepared_dir('imagenet')}/meta.json",
+        code=sources.subcommand_files("launch", "train-imagenet"),
     output:
         model=paths.run_file("model.pt", dataset="imagenet"),
         history=paths.run_file("history.csv", dataset="imagenet"),
         epochs=paths.run_file("epochs.csv", dataset="imagenet"),
-    params:
-        stage="train-imagenet-{model}-seed{seed}",
-        settings=lambda w: PLAN.run("imagenet", w.model, w.seed).settings_json,
     log:
         "logs/train/imagenet/{model}/seed{seed}.log",
     threads: lambda w: _imagenet_resources(w)["cpus_per_task"]
@@ -49,6 +50,9 @@ rule train_imagenet:
         tasks=lambda w: _imagenet_resources(w)["tasks"],
         tasks_per_gpu=lambda w: _imagenet_resources(w)["tasks_per_gpu"],
         slurm_extra=lambda w: _imagenet_resources(w)["slurm_extra"],
+    params:
+        stage="train-imagenet-{model}-seed{seed}",
+        settings=lambda w: PLAN.run("imagenet", w.model, w.seed).settings_json,
     shell:
         "dvc --wait-for-lock repro --single-item {params.stage} > {log} 2>&1"
 
@@ -59,17 +63,21 @@ rule evaluate_imagenet:
         paths.run_file("history.csv", dataset="imagenet"),
         paths.run_file("epochs.csv", dataset="imagenet"),
         f"{paths.prepared_dir('imagenet')}/meta.json",
+        code=sources.subcommand_files("evaluate"),
     output:
         paths.run_file(paths.METRICS_FILE, dataset="imagenet"),
-    params:
-        stage="evaluate-imagenet-{model}-seed{seed}",
+        paths.run_file(paths.DETAILS_FILE, dataset="imagenet"),
     log:
         "logs/evaluate/imagenet/{model}/seed{seed}.log",
     threads: 4
     resources:
-        gpu=lambda w: 0 if plan.distributed_options(config, PLAN.run("imagenet", w.model, w.seed).experiment)[
-            "device"
-        ] == "cpu" else 1,
+        gpu=lambda w: (
+            0
+            if plan.distributed_options(config, PLAN.run("imagenet", w.model, w.seed).experiment)["device"] == "cpu"
+            else 1
+        ),
         runtime=120,
+    params:
+        stage="evaluate-imagenet-{model}-seed{seed}",
     shell:
         "dvc --wait-for-lock repro --single-item {params.stage} > {log} 2>&1"

@@ -4,7 +4,7 @@
 # Snakefile and _flag from common.smk. Figures (PNG) and tables (HTML) are flagged for
 # `snakemake --report`, grouped by experiment.
 
-from resnet_repro import paths
+from resnet_repro import paths, sources
 
 
 report: "../report/workflow.rst"
@@ -17,13 +17,14 @@ rule responses:
     input:
         model=paths.run_file("model.pt"),
         data=f"{paths.prepared_dir()}/meta.json",
+        code=sources.subcommand_files("responses"),
     output:
         _render.RESPONSES_PATTERN,
-    params:
-        stage="responses-{dataset}-{model}-seed{seed}",
     log:
         "logs/responses/{dataset}/{model}/seed{seed}.log",
     threads: 1
+    params:
+        stage="responses-{dataset}-{model}-seed{seed}",
     shell:
         "dvc --wait-for-lock repro --single-item {params.stage} > {log} 2>&1"
 
@@ -36,15 +37,16 @@ for _experiment in PLAN.experiments:
             f"render_{_experiment}"
         input:
             _RENDER_STAGES[_stage]["deps"],
+            code=sources.subcommand_files("render"),
         output:
             [_flag(path) for path in _RENDER_STAGES[_stage]["outs"]],
-        params:
-            stage=_stage,  # bound now: a loop variable in shell: would bind late
         log:
             f"logs/render/{_experiment}.log",
         container:
             RENDER_IMAGE
         threads: 1
+        params:
+            stage=_stage,  # bound now: a loop variable in shell: would bind late
         shell:
             "dvc --wait-for-lock repro --single-item {params.stage} > {log} 2>&1"
 
@@ -52,14 +54,15 @@ for _experiment in PLAN.experiments:
 rule render_summary:
     input:
         _RENDER_STAGES["summary"]["deps"],
+        code=sources.subcommand_files("summary"),
     output:
         [_flag(path) for path in _RENDER_STAGES["summary"]["outs"]],
-    params:
-        stage="summary",
     log:
         "logs/render/summary.log",
     container:
         RENDER_IMAGE
     threads: 1
+    params:
+        stage="summary",
     shell:
         "dvc --wait-for-lock repro --single-item {params.stage} > {log} 2>&1"

@@ -1,0 +1,145 @@
+"""Which source files each `resnet-repro` subcommand executes, derived from the package's imports.
+
+A stage depends on the code its command runs, so that a change in `models.py` makes the trainings it affects
+stale (and everything after them) while fetching and preparing stay done, and a change in the rendering code
+reruns only the renderings. The files are found by reading the imports (at module level and inside functions)
+of the subcommand's function in `cli.py` and of every module they reach; nothing is imported or executed.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import shlex
+from pathlib import Path
+
+PACKAGE = "resnet_repro"
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_PACKAGE_DIR = f"src/{PACKAGE}"  # where the package lives in the repository (DVC and Snakemake paths)
+ENTRY = f"{PACKAGE}.cli"
+
+
+def _module_file(module: str) -> Path | None:
+    """The file of a module of this package (a package's __init__.py), or None when there is none."""
+    parts = module.split(".")
+    if parts[0] != PACKAGE:
+        return None
+    base = PACKAGE_DIR.joinpath(*parts[1:])
+    for candidate in (base / "__init__.py", base.with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@functools.cache
+def _tree(module: str) -> ast.Module:
+    path = _module_file(module)
+    assert path is not None, module
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def _is_package(module: str) -> bool:
+    path = _module_file(module)
+    return path is not None and path.name == "__init__.py"
+
+
+def _imported(module: str, nodes: list[ast.AST]) -> set[str]:
+    """The package's modules that the import statements among `nodes` (in `module`) load."""
+    found: set[str] = set()
+    here = module if _is_package(module) else module.rpartition(".")[0]
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.split(".")[0] == PACKAGE}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here.rsplit(".", node.level - 1)[0] if node.level > 1 else here
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != PACKAGE:
+                continue
+            found.add(target)
+            # `from .pkg import name` loads pkg.name too when that is a module
+            found |= {f"{target}.{a.name}" for a in node.names if _module_file(f"{target}.{a.name}") is not None}
+    return {name for name in found if _module_file(name) is not None}
+
+
+def _with_parents(modules: set[str]) -> set[str]:
+    """Importing a.b.c runs a/__init__.py and a/b/__init__.py first."""
+    parents = {".".join(m.split(".")[:i]) for m in modules for i in range(1, m.count(".") + 1)}
+    return modules | parents
+
+
+def _closure(start: set[str]) -> set[str]:
+    """Every module of the package that loading `start` can load: all their imports, however deep."""
+    seen: set[str] = set()
+    todo = list(_with_parents(start))
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        todo += _with_parents(_imported(module, list(ast.walk(_tree(module)))))
+    return seen
+
+
+def _entry_functions() -> dict[str, ast.FunctionDef]:
+    return {node.name: node for node in _tree(ENTRY).body if isinstance(node, ast.FunctionDef)}
+
+
+def _function_imports(name: str) -> set[str]:
+    """The modules a cli.py function imports, and those of the cli.py functions it calls (by name)."""
+    functions = _entry_functions()
+    found: set[str] = set()
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        body = list(ast.walk(functions[current]))
+        found |= _imported(ENTRY, body)
+        todo += [n.func.id for n in body if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+        todo = [t for t in todo if t in functions]
+    return found
+
+
+@functools.cache
+def subcommand_modules(subcommand: str) -> tuple[str, ...]:
+    """The package's modules that `resnet-repro <subcommand>` executes, sorted."""
+    function = f"cmd_{subcommand.replace('-', '_')}"
+    if function not in _entry_functions():
+        raise ValueError(f"cli.py has no {function}() for the subcommand {subcommand!r}")
+    module_level = [node for node in _tree(ENTRY).body if isinstance(node, ast.Import | ast.ImportFrom)]
+    # cli.py itself runs, but of its imports only these: its other subcommands' imports never load.
+    start = _imported(ENTRY, module_level) | _function_imports(function)
+    return tuple(sorted(_closure(start) | _with_parents({ENTRY})))
+
+
+def repo_path(module: str) -> str:
+    """The module's file as a path in the repository."""
+    path = _module_file(module)
+    assert path is not None, module
+    return f"{REPO_PACKAGE_DIR}/{path.relative_to(PACKAGE_DIR).as_posix()}"
+
+
+def subcommands(cmd: str) -> list[str]:
+    """The `resnet-repro` subcommands a stage command runs: its own, and for `launch` the one after `--`."""
+    argv = shlex.split(cmd.replace("\\${", "${"))
+    if argv[:1] != ["resnet-repro"] or len(argv) < 2:
+        return []
+    found = [argv[1]]
+    if argv[1] == "launch" and "--" in argv:
+        found.append(argv[argv.index("--") + 1])
+    return found
+
+
+def subcommand_files(*names: str) -> list[str]:
+    """The source files (repository paths) that the subcommands `names` execute, sorted: a rule's code inputs."""
+    return sorted({repo_path(module) for name in names for module in subcommand_modules(name)})
+
+
+def command_sources(cmd: str) -> list[str]:
+    """The source files (repository paths) that a stage command executes, sorted: a DVC stage's code deps."""
+    return subcommand_files(*subcommands(cmd))
