@@ -141,11 +141,15 @@ def cmd_imagenet_val_layout(args: argparse.Namespace) -> int:
 
 
 def _distributed_options(args: argparse.Namespace) -> dict:
-    """The experiment's `distributed` block when --config is given, else the defaults."""
-    from .pipeline import DISTRIBUTED_DEFAULTS, distributed_options, load_plan
-
+    """The experiment's `distributed` block when --config is given, else the defaults (DistributedOptions)."""
     if not args.config:
-        return dict(DISTRIBUTED_DEFAULTS)
+        import dataclasses
+
+        from .settings import DistributedOptions
+
+        return dataclasses.asdict(DistributedOptions())
+    from .pipeline import distributed_options, load_plan
+
     plan = load_plan(args.config)
     if args.experiment not in plan.experiments:
         raise ConfigError(f"experiment {args.experiment!r} is not an enabled experiment of {args.config}")
@@ -252,6 +256,8 @@ def add_run_arguments(p: argparse.ArgumentParser, data_help: str, default_schedu
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .settings import DistributedOptions  # torch-free: --help stays fast
+
     parser = argparse.ArgumentParser(
         prog="resnet-repro",
         description="Reproduce 'Deep Residual Learning for Image Recognition' (He et al., 2015): data, training, "
@@ -309,17 +315,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="train one model from the streaming ImageNet loader; one rank of a torchrun job (see `launch`)",
     )
     add_run_arguments(p, "ImageNet index folder (`resnet-repro index-imagenet`)", "imagenet_paper")
-    p.add_argument("--device", help="auto (CUDA + NCCL if present, else CPU + gloo), cpu or cuda")
-    p.add_argument("--workers", type=int, help="DataLoader workers per process (default: config or 4)")
-    p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None, help="SyncBatchNorm")
+    p.add_argument(
+        "--device",
+        help="auto (CUDA + NCCL if present, else CPU + gloo), cpu or cuda "
+        f"(default: config or {DistributedOptions.device})",
+    )
+    p.add_argument(
+        "--workers", type=int, help=f"DataLoader workers per process (default: config or {DistributedOptions.workers})"
+    )
+    p.add_argument(
+        "--sync-bn",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"SyncBatchNorm (default: config or {'on' if DistributedOptions.sync_bn else 'off'})",
+    )
     p.set_defaults(func=cmd_train_imagenet)
 
     p = sub.add_parser(
         "launch",
         help="run a command data-parallel: torchrun --standalone on one machine, srun + torchrun across SLURM nodes",
     )
-    p.add_argument("--nodes", type=int, help="torchrun agents, one per node (default: config or 1)")
-    p.add_argument("--nproc-per-node", type=int, help="processes per node, one per GPU (default: config or 1)")
+    p.add_argument(
+        "--nodes", type=int, help=f"torchrun agents, one per node (default: config or {DistributedOptions.nodes})"
+    )
+    p.add_argument(
+        "--nproc-per-node",
+        type=int,
+        help=f"processes per node, one per GPU (default: config or {DistributedOptions.processes_per_node})",
+    )
     p.add_argument("--port", type=int, help="rendezvous port for several nodes (default 20000 + job id %% 10000)")
     p.add_argument("--config", help="take nodes and processes from this config.yaml's experiment")
     p.add_argument("--experiment", help="with --config: the experiment")
