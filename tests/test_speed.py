@@ -18,8 +18,9 @@ import pytest
 import torch
 
 from resnet_repro.data import prepare
+from resnet_repro.runfiles import TIMING_FIELDS
 from resnet_repro.settings import resolve_settings
-from resnet_repro.train import TIMING_FIELDS, RunSpec, StepRunner, build_training, choose_runtime, train
+from resnet_repro.train import RunSpec, StepRunner, build_training, choose_runtime, train
 
 REPO = Path(__file__).resolve().parents[1]
 CUDA = torch.cuda.is_available()

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import BIN, cli_env, kill_at_teardown, run_cli
 
-from resnet_repro.train import TIMING_FIELDS
+from resnet_repro.runfiles import TIMING_FIELDS
 
 
 def _rows(path: Path) -> list[dict]:

@@ -17,8 +17,9 @@ from . import __version__
 from .data import load_prepared
 from .errors import DataError
 from .models import build_model, count_parameters
+from .runfiles import atomic_write_bytes
 from .settings import TrainSettings
-from .train import DeviceData, atomic_write_bytes, choose_runtime, evaluate_arrays, load_checkpoint, pick_device
+from .train import DeviceData, choose_runtime, evaluate_arrays, load_checkpoint, pick_device
 
 
 def git_commit(where: Path | None = None) -> str:

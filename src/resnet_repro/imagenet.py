@@ -484,8 +484,9 @@ def evaluate(
 
     from .evaluate import _last_train_row, accuracy_metrics, load_trained_model, provenance
     from .models import count_parameters
+    from .runfiles import atomic_write_bytes
     from .settings import TrainSettings
-    from .train import atomic_write_bytes, choose_runtime, pick_device
+    from .train import choose_runtime, pick_device
 
     model_path = Path(model_path)
     model, saved = load_trained_model(model_path)

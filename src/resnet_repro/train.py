@@ -19,13 +19,10 @@ not to the bit; `precision: fp32` does not change that, and `compile: off` only 
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -40,26 +37,11 @@ from torch import Tensor, nn
 from .data import PreparedData, load_prepared
 from .errors import DataError, Interrupted, TrainingDiverged
 from .models import build_model, count_parameters
+from .runfiles import EPOCH_FIELDS, HISTORY_FIELDS, atomic_torch_save, write_csv
 from .settings import TrainSettings, settings_hash
 
-HISTORY_FIELDS = [
-    "iteration",
-    "epoch",
-    "lr",
-    "train_loss",
-    "train_error",
-    "test_loss",
-    "test_error",
-    "images_per_s",
-    "elapsed_s",
-    "wall_s",
-    "threads",
-]
-EPOCH_FIELDS = ["epoch", "iteration", "lr", "train_loss", "train_error", "images_per_s"]
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 TALLIES = ("interval", "epoch_acc", "block")  # since the last history row / epoch end / aligned check
-# Fields of a history row that measure the machine rather than learning: excluded from reproducibility checks.
-TIMING_FIELDS = {"images_per_s", "elapsed_s", "wall_s", "threads"}
 
 
 # ------------------------------------------------------------------------------------------- device choices
@@ -189,35 +171,6 @@ def augment_batch(x: Tensor, offsets: Tensor, flips: Tensor, pad: int) -> Tensor
 
 
 # ------------------------------------------------------------------------------------------------ files
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, rename: readers see the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(path, text.getvalue().encode())
-
-
 def load_checkpoint(path: Path) -> dict:
     """Load a checkpoint without ever unpickling code (weights_only=True)."""
     try:
