@@ -14,12 +14,13 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
+from .core import choose_runtime, load_checkpoint, pick_device
 from .data import load_prepared
 from .errors import DataError
 from .models import build_model, count_parameters
 from .runfiles import atomic_write_bytes
 from .settings import TrainSettings
-from .train import DeviceData, choose_runtime, evaluate_arrays, load_checkpoint, pick_device
+from .train import DeviceData, evaluate_arrays
 
 
 def git_commit(where: Path | None = None) -> str:

@@ -482,11 +482,11 @@ def evaluate(
     import torch
     import torch.nn.functional as F
 
+    from .core import choose_runtime, pick_device
     from .evaluate import _last_train_row, accuracy_metrics, load_trained_model, provenance
     from .models import count_parameters
     from .runfiles import atomic_write_bytes
     from .settings import TrainSettings
-    from .train import choose_runtime, pick_device
 
     model_path = Path(model_path)
     model, saved = load_trained_model(model_path)

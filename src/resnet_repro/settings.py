@@ -42,7 +42,8 @@ class TrainSettings:
     augment: dict | None = None  # {"pad": 4, "flip": True}; None: the dataset's defaults
     precision: str = "auto"  # auto: bf16 autocast where the device has fast bf16, else fp32; or fp32 / bf16
     channels_last: str = "auto"  # auto: with bf16; or "on" / "off"
-    compile: str = "auto"  # auto: on for CUDA runs of >= 2000 iterations; or "on" / "off"
+    # auto: on for runs of >= 2000 iterations on CUDA, >= core.CPU_COMPILE_MIN_ITERATIONS on CPU; or "on" / "off"
+    compile: str = "auto"
     model_options: dict = field(default_factory=dict)  # e.g. {"width": 512} for fc20/fc56
 
     def __post_init__(self) -> None:
