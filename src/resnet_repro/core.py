@@ -14,7 +14,7 @@ as a `Steps` object; everything else about a run lives here, once:
   iteration that diverged;
 * the cadence: checks, epoch rows, evaluations (history.csv), checkpoints, and stops on SIGTERM/SIGUSR1/SIGINT;
 * the files (checkpoint.pt, history.csv, epochs.csv, model.pt), written by rank 0 only with runfiles' atomic writers;
-* the progress log: a bar on a terminal, plain lines in logs.
+* the progress log: a live bar on a terminal, plain lines in logs.
 """
 
 from __future__ import annotations
@@ -281,36 +281,47 @@ def stop_signals() -> Iterator[Callable[[], int | None]]:
 
 # --------------------------------------------------------------------------------------------- progress
 class ProgressLog:
-    """A one-line bar with ETA on a terminal; plain lines at each evaluation otherwise (cluster logs)."""
+    """Plain lines at each evaluation (and for events), always; on a terminal also a live bar (tqdm) with the rate,
+    ETA and the latest train and test error. Off a terminal (files, cluster logs) the lines are all there is."""
 
     def __init__(self, total: int, stream=None) -> None:
         self.total, self.stream = total, stream or sys.stderr  # looked up now, not at import
         self.tty = self.stream.isatty()
-        self.last_draw = 0.0
+        self._bar: Any = None
+        self._train, self._test = "", ""  # the bar's latest train and test figures
+
+    def start(self, iteration: int) -> None:
+        """Show the bar from `iteration` on (a resumed run starts part-way); nothing off a terminal."""
+        if self.tty and self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=self.total, initial=iteration, file=self.stream, unit="it", dynamic_ncols=True, smoothing=0.1
+            )
 
     def line(self, text: str) -> None:
-        if self.tty:
-            self.stream.write("\r\033[K")
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)  # above the bar, which is redrawn below it
+            return
         self.stream.write(text + "\n")
         self.stream.flush()
 
-    def bar(self, iteration: int, rate: float, loss: float) -> None:
-        now = time.monotonic()
-        if not self.tty or now - self.last_draw < 0.5:
+    def bar(self, iteration: int, loss: float, error: float) -> None:
+        if self._bar is None:
             return
-        self.last_draw = now
-        eta = (self.total - iteration) / max(rate, 1e-9)
-        filled = int(30 * iteration / self.total)
-        self.stream.write(
-            f"\r[{'#' * filled}{'.' * (30 - filled)}] {iteration}/{self.total} loss {loss:.3f} "
-            f"{rate:.1f} it/s ETA {format_seconds(eta)}"
-        )
-        self.stream.flush()
+        self._train = f"loss {loss:.3f} err {error:.3f}"
+        self._bar.set_postfix_str(self._train + self._test, refresh=False)
+        self._bar.update(iteration - self._bar.n)
 
+    def tested(self, name: str, error: float) -> None:
+        self._test = f" | {name} err {error:.3f}"
+        if self._bar is not None:
+            self._bar.set_postfix_str(self._train + self._test, refresh=False)
 
-def format_seconds(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 # ------------------------------------------------------------------------------------------------ state
@@ -416,6 +427,7 @@ def close_interval(
         "threads": torch.get_num_threads(),
     }
     state["history"].append(row)
+    log.tested(test_name, test_error)
     log.line(
         f"iter {iteration}/{iterations} epoch {row['epoch']:.2f} lr {lr:g} train loss {train_loss:.4f} err "
         f"{train_error:.4f} | {test_name} loss {test_loss:.4f} err {test_error:.4f} | {row['images_per_s']:.0f} img/s"
@@ -606,7 +618,10 @@ class Run:
     def train(self, steps: Steps, describe: str) -> Path:
         """Train to the end of the schedule (from the resumed iteration) and write model.pt; return its path.
         `describe`: the data and the batch, for the first log line ("on <data> [...], seed N, ...")."""
-        return self._train(steps, describe)
+        try:
+            return self._train(steps, describe)
+        finally:
+            self.log.close()
 
     def _train(self, steps: Steps, describe: str) -> Path:
         job, settings, log, state, device = self.job, self.job.settings, self.log, self.state, self.device
@@ -619,6 +634,7 @@ class Run:
             f"training {job.model_name} ({count_parameters(self.model):,} parameters) {describe}, device {device} "
             f"({self.runtime.note}), run {job.run_id}"
         )
+        log.start(state["iteration"])
         iterations, batch, steps_per_epoch = settings.iterations, steps.batch, steps.steps_per_epoch
         checkpoint_every = settings.checkpoint_every or settings.eval_every
         # Per-step [loss, wrong] since the last check, on the device: no sync per step.
@@ -667,7 +683,7 @@ class Run:
                 rate = (iteration - clock_iteration) / max(elapsed, 1e-9)
                 if aligned:
                     block_loss, block_error = take_tally(state, "block", batch)
-                    log.bar(iteration, rate, block_loss)
+                    log.bar(iteration, block_loss, block_error)
                     if ended := end_warmup_if_due(state, settings, block_error, iteration):
                         log.line(ended)
                 if at_epoch_end:
