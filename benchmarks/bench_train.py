@@ -41,17 +41,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "src") not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO / "src"))
 
+from resnet_repro.core import Runtime, choose_runtime, cpu_has_fast_bf16, pick_device  # noqa: E402
 from resnet_repro.data import PreparedData  # noqa: E402
 from resnet_repro.models import build_model  # noqa: E402
 from resnet_repro.settings import TrainSettings, resolve_settings  # noqa: E402
-from resnet_repro.train import (  # noqa: E402
-    Runtime,
-    StepRunner,
-    build_training,
-    choose_runtime,
-    cpu_has_fast_bf16,
-    pick_device,
-)
+from resnet_repro.train import StepRunner, build_training  # noqa: E402
 
 CIFAR_TRAIN_IMAGES = 50_000
 PAPER_ITERATIONS = 64_000

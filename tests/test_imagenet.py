@@ -251,7 +251,7 @@ def test_plan_resources_and_stages(tiny_imagenet: Path) -> None:
     config = imagenet_config(tiny_imagenet, nodes=2, per_node=4, device="auto")
     plan = build_plan(config)
     run = plan.run("imagenet", "resnet18", 0)
-    resources = imagenet_resources(run, config)
+    resources = imagenet_resources(run)
     assert resources["gpu"] == 8 and resources["nodes"] == resources["tasks"] == 2
     assert resources["mpi"] == "srun" and resources["tasks_per_gpu"] == 0
     stages = dvc_stages(plan)
@@ -261,7 +261,7 @@ def test_plan_resources_and_stages(tiny_imagenet: Path) -> None:
     assert train.startswith("resnet-repro launch --config config.yaml --experiment imagenet -- train-imagenet ")
     assert "nproc" not in train  # the GPU count is read at run time: changing it does not retrain
     cpu_config = imagenet_config(tiny_imagenet)
-    single = imagenet_resources(build_plan(cpu_config).run("imagenet", "resnet18", 0), cpu_config)
+    single = imagenet_resources(build_plan(cpu_config).run("imagenet", "resnet18", 0))
     assert single["gpu"] == 0 and single["nodes"] is None and single["mpi"] is None
 
     bad = imagenet_config(tiny_imagenet, per_node=3)
@@ -454,3 +454,44 @@ def test_imagenet_experiment_runs_through_the_pipeline_and_renders(tiny_imagenet
     assert table["resnet34"]["top1_mean"] == ""  # not configured: shown as absent
     assert (workspace / "results/imagenet/figures/fig4.png").stat().st_size > 0
     assert planned_jobs(workspace) == {}
+
+
+@pytest.mark.parametrize("compiled", ["off", "on", "fails"])
+def test_provenance_names_the_runtime_that_ran(
+    tiny_index: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compiled: str
+) -> None:
+    """model.pt's runtime is what the data-parallel trainer ran: every step through torch.compile's module when it
+    says compiled, none when it says eager, and a compile that failed is recorded as such (a stand-in for
+    torch.compile: a real CPU compile of ResNet-18 takes minutes)."""
+    import torch
+
+    from resnet_repro.distributed import DistSpec, train_distributed
+    from resnet_repro.settings import TrainSettings
+
+    calls: list[int] = []
+
+    def stand_in_compile(module, **options):
+        if compiled == "fails":
+            raise RuntimeError("no C++ compiler found")
+
+        def run_compiled(x):
+            calls.append(len(x))
+            return module(x)
+
+        return run_compiled
+
+    monkeypatch.setattr(torch, "compile", stand_in_compile)
+    settings = TrainSettings.from_dict({**TINY_SCHEDULE, "compile": "off" if compiled == "off" else "on"})
+    out = tmp_path / "run"
+    train_distributed(DistSpec("resnet18", 0, settings, tiny_index, out, device="cpu", workers=0))
+    runtime = torch.load(out / "model.pt", weights_only=True)["runtime"]
+    assert runtime["world_size"] == 1 and runtime["device"] == "cpu" and runtime["fused_sgd"] is False
+    assert [r["iteration"] for r in history(out)] == [3, 6, 9]
+    if compiled == "on":
+        assert calls == [16] * 9  # every training step, none of the evaluations
+        assert runtime["compile"] is True and runtime["compile_mode"] == "default"
+        assert runtime["note"].endswith("compiled (default)")
+    else:
+        assert calls == [] and runtime["compile"] is False and runtime["compile_mode"] is None
+        assert runtime["note"].endswith("eager" if compiled == "off" else "no C++ compiler found)")
+        assert runtime["compile_fallback"] == (None if compiled == "off" else "RuntimeError: no C++ compiler found")

@@ -22,21 +22,10 @@ from conftest import run_cli
 from resnet_repro import render
 from resnet_repro.cli import main as cli_main
 from resnet_repro.plan import build_plan, load_config, load_plan
+from resnet_repro.runfiles import EPOCH_FIELDS, HISTORY_FIELDS
 from resnet_repro.stages import dvc_stages
 
 REPO = Path(__file__).resolve().parents[1]
-HISTORY_FIELDS = [
-    "iteration",
-    "epoch",
-    "lr",
-    "train_loss",
-    "train_error",
-    "test_loss",
-    "test_error",
-    "images_per_s",
-    "elapsed_s",
-]
-EPOCH_FIELDS = ["epoch", "iteration", "lr", "train_loss", "train_error", "images_per_s"]
 
 # Final (train error, test error) per model, shaped like the paper's and the review's findings.
 FINALS = {
@@ -102,6 +91,8 @@ def fake_run(
                 "test_error": test,
                 "images_per_s": 1000.0,
                 "elapsed_s": 1.0,
+                "wall_s": round(it / 1000, 1),
+                "threads": 1,
             }
         )
     rows[-1]["train_error"] = train_end + shift

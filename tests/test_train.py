@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
+import os
+import pty
+import re
+import select
 import signal
+import struct
 import subprocess
+import termios
 import time
 from pathlib import Path
 
@@ -13,7 +20,7 @@ import pytest
 import torch
 from conftest import BIN, cli_env, kill_at_teardown, run_cli
 
-from resnet_repro.train import TIMING_FIELDS
+from resnet_repro.runfiles import TIMING_FIELDS
 
 
 def _rows(path: Path) -> list[dict]:
@@ -175,6 +182,53 @@ def test_nan_loss_stops_with_a_clear_message(digits_dir: Path, tmp_path: Path) -
     if (out / "checkpoint.pt").exists():  # any checkpoint kept was saved before the divergence
         saved = torch.load(out / "checkpoint.pt", weights_only=True)
         assert all(torch.isfinite(t).all() for t in saved["model"].values() if t.is_floating_point())
+
+
+def run_on_terminal(args: list[str], timeout: float = 300) -> tuple[int, str]:
+    """Run `resnet-repro ARGS` with stderr on a pseudo-terminal of 100 columns; return its status and what it drew."""
+    main, side = pty.openpty()
+    fcntl.ioctl(side, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    process = kill_at_teardown(
+        subprocess.Popen(
+            [str(BIN / "resnet-repro"), *args],
+            env=cli_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=side,
+            start_new_session=True,
+        )
+    )
+    os.close(side)
+    drawn = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([main], [], [], 1)[0]:
+                continue
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the process closed the terminal (it exited)
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(main)
+    return process.wait(timeout=60), drawn.decode(errors="replace")
+
+
+def test_progress_bar_on_a_terminal_plain_lines_otherwise(digits_dir: Path, tmp_path: Path) -> None:
+    args = ["train", "--model", "resnet8", "--schedule", "demo", "--set", "iterations=100", "--data", str(digits_dir)]
+    status, drawn = run_on_terminal([*args, "--out", str(tmp_path / "tty")])
+    assert status == 0, drawn
+    assert re.search(r"\d+/100 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+ ?[a-z]*it/s", drawn), drawn  # count, elapsed<ETA, rate
+    assert "|" in drawn and "100/100" in drawn and "err " in drawn and "test err" in drawn, drawn
+    assert "iter 50/100 epoch" in drawn and "iter 100/100 epoch" in drawn, drawn  # the evaluation lines, above it
+
+    plain = run_cli(*args, "--out", str(tmp_path / "log"))
+    lines = plain.stderr.splitlines()
+    assert [line.split(" epoch")[0] for line in lines if line.startswith("iter ")] == ["iter 50/100", "iter 100/100"]
+    assert "it/s" not in plain.stderr and "\r" not in plain.stderr and "|" not in plain.stderr.replace(" | ", "")
 
 
 def test_checkpoints_cannot_run_code(tmp_path: Path, digits_dir: Path) -> None:

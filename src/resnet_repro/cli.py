@@ -21,7 +21,7 @@ from .errors import ConfigError, ReproError
 from .paths import METRICS_FILE, RESPONSES_FILE, raw_archive
 
 if TYPE_CHECKING:
-    from .settings import TrainSettings
+    from .settings import DistributedOptions, TrainSettings
 
 
 def _parse_overrides(pairs: list[str]) -> dict:
@@ -141,12 +141,14 @@ def cmd_imagenet_val_layout(args: argparse.Namespace) -> int:
     return 0
 
 
-def _distributed_options(args: argparse.Namespace) -> dict:
+def _distributed_options(args: argparse.Namespace) -> DistributedOptions:
     """The experiment's `distributed` block when --config is given, else the defaults."""
-    from .plan import DISTRIBUTED_DEFAULTS, distributed_options, load_plan
+    from .settings import DistributedOptions
 
     if not args.config:
-        return dict(DISTRIBUTED_DEFAULTS)
+        return DistributedOptions()
+    from .plan import distributed_options, load_plan
+
     plan = load_plan(args.config)
     if args.experiment not in plan.experiments:
         raise ConfigError(f"experiment {args.experiment!r} is not an enabled experiment of {args.config}")
@@ -164,9 +166,9 @@ def cmd_train_imagenet(args: argparse.Namespace) -> int:
         settings,
         Path(args.data),
         Path(args.out),
-        args.device or options["device"],
-        options["workers"] if args.workers is None else args.workers,
-        options["sync_bn"] if args.sync_bn is None else args.sync_bn,
+        args.device or options.device,
+        options.workers if args.workers is None else args.workers,
+        options.sync_bn if args.sync_bn is None else args.sync_bn,
     )
     path = train_distributed(spec)
     if int(os.environ.get("RANK", 0)) == 0:  # one line from the job, not one per rank
@@ -183,9 +185,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if not command:
         raise ConfigError("launch needs the command to run, e.g. `launch --nproc-per-node 2 -- train-imagenet ...`")
     options = _distributed_options(args)
-    nodes = args.nodes or options["nodes"]
-    per_node = args.nproc_per_node or options["processes_per_node"]
-    return launch(nodes, per_node, command, args.port, args.agent, options["device"])
+    nodes = args.nodes or options.nodes
+    per_node = args.nproc_per_node or options.processes_per_node
+    return launch(nodes, per_node, command, args.port, args.agent, options.device)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -254,6 +256,8 @@ def add_run_arguments(p: argparse.ArgumentParser, data_help: str, default_schedu
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .settings import DistributedOptions  # torch-free: --help stays fast
+
     parser = argparse.ArgumentParser(
         prog="resnet-repro",
         description="Reproduce 'Deep Residual Learning for Image Recognition' (He et al., 2015): data, training, "
@@ -311,17 +315,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="train one model from the streaming ImageNet loader; one rank of a torchrun job (see `launch`)",
     )
     add_run_arguments(p, "ImageNet index folder (`resnet-repro index-imagenet`)", "imagenet_paper")
-    p.add_argument("--device", help="auto (CUDA + NCCL if present, else CPU + gloo), cpu or cuda")
-    p.add_argument("--workers", type=int, help="DataLoader workers per process (default: config or 4)")
-    p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None, help="SyncBatchNorm")
+    p.add_argument(
+        "--device",
+        help="auto (CUDA + NCCL if present, else CPU + gloo), cpu or cuda "
+        f"(default: config or {DistributedOptions.device})",
+    )
+    p.add_argument(
+        "--workers", type=int, help=f"DataLoader workers per process (default: config or {DistributedOptions.workers})"
+    )
+    p.add_argument(
+        "--sync-bn",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"SyncBatchNorm (default: config or {'on' if DistributedOptions.sync_bn else 'off'})",
+    )
     p.set_defaults(func=cmd_train_imagenet)
 
     p = sub.add_parser(
         "launch",
         help="run a command data-parallel: torchrun --standalone on one machine, srun + torchrun across SLURM nodes",
     )
-    p.add_argument("--nodes", type=int, help="torchrun agents, one per node (default: config or 1)")
-    p.add_argument("--nproc-per-node", type=int, help="processes per node, one per GPU (default: config or 1)")
+    p.add_argument(
+        "--nodes", type=int, help=f"torchrun agents, one per node (default: config or {DistributedOptions.nodes})"
+    )
+    p.add_argument(
+        "--nproc-per-node",
+        type=int,
+        help=f"processes per node, one per GPU (default: config or {DistributedOptions.processes_per_node})",
+    )
     p.add_argument("--port", type=int, help="rendezvous port for several nodes (default 20000 + job id %% 10000)")
     p.add_argument("--config", help="take nodes and processes from this config.yaml's experiment")
     p.add_argument("--experiment", help="with --config: the experiment")

@@ -16,8 +16,9 @@ task's host. Each worker process runs `train-imagenet`, i.e. `train_distributed`
   normalizes over 32 images), so the result depends a little on the number of GPUs. `sync_bn` (config
   `distributed.sync_bn`) uses SyncBatchNorm: statistics over the global batch, results independent of W up to
   floating-point reduction order, at the cost of one all-reduce per BN layer;
-* only rank 0 writes (checkpoint.pt, history.csv, epochs.csv, model.pt), with train.py's atomic writers and formats;
-  all ranks read checkpoint.pt on start, so a preempted run resumes on any number of GPUs;
+* only rank 0 writes (checkpoint.pt, history.csv, epochs.csv, model.pt): the run itself (runtime, resume, checks,
+  cadence, files) is resnet_repro.core's, as for the CIFAR trainer; this module holds the data and step code. All
+  ranks read checkpoint.pt on start, so a preempted run resumes on any number of GPUs;
 * SIGTERM/SIGUSR1/SIGINT: a rank that receives one raises a flag; the ranks agree on it at the next check (every
   `check_every` steps, an all-reduce they do anyway for the loss), rank 0 checkpoints, and all exit with
   status 75. torchrun forwards SIGTERM to its workers and gives them 30 s before SIGKILL.
@@ -26,43 +27,25 @@ NCCL on CUDA, gloo on CPU.
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import ConfigError, Interrupted, ReproError, TrainingDiverged
+from . import core
+from .errors import ConfigError, ReproError
 from .imagenet import Augment, EpochSampler, Index, TestImages, TrainImages, load_index, loader_options, normalizer
-from .models import build_model, count_parameters
-from .settings import TrainSettings, settings_hash
-from .train import (
-    EPOCH_FIELDS,
-    HISTORY_FIELDS,
-    STOP_SIGNALS,
-    ProgressLog,
-    _stop_requested,
-    add_to_tallies,
-    atomic_torch_save,
-    choose_runtime,
-    close_epoch,
-    close_interval,
-    end_warmup_if_due,
-    initial_state,
-    load_checkpoint,
-    start_wall_clock,
-    take_tally,
-    write_csv,
-)
+from .models import build_model
+from .settings import DistributedOptions, TrainSettings, settings_hash
 
 DEFAULT_PORT_BASE = 20000  # rendezvous port = base + SLURM job id % 10000: below Linux's ephemeral range
 
@@ -74,28 +57,10 @@ class DistSpec:
     settings: TrainSettings
     data_dir: Path  # the ImageNet index folder (resnet-repro index-imagenet)
     out_dir: Path
-    device: str = "auto"
-    workers: int = 4  # DataLoader workers per rank
-    sync_bn: bool = False
+    device: str = DistributedOptions.device
+    workers: int = DistributedOptions.workers  # DataLoader workers per rank
+    sync_bn: bool = DistributedOptions.sync_bn
     eval_batch: int = 100  # per rank, for the centre-crop evaluations during training
-
-
-@dataclass(frozen=True)
-class World:
-    rank: int
-    size: int
-    local_rank: int
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def world_from_env() -> World:
-    """Rank, world size and local rank as torchrun sets them; a plain process is a world of one."""
-    return World(
-        int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-    )
 
 
 def run_identity(model: str, index: Index, seed: int, settings: TrainSettings, sync_bn: bool) -> str:
@@ -103,45 +68,6 @@ def run_identity(model: str, index: Index, seed: int, settings: TrainSettings, s
     checkpoint resumes on another number of GPUs."""
     run_id = settings_hash(model, index.sha256, seed, settings)
     return f"{run_id}-syncbn" if sync_bn else run_id
-
-
-def _device(spec: DistSpec, world: World) -> torch.device:
-    wanted = spec.device
-    if wanted == "auto":
-        wanted = "cuda" if torch.cuda.is_available() else "cpu"
-    if wanted.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda requested but CUDA is not available")
-        return torch.device("cuda", world.local_rank)  # one GPU per process: the local rank's
-    return torch.device("cpu")
-
-
-class Collective:
-    """The few collectives the trainer needs; no-ops in a world of one (no process group at all)."""
-
-    def __init__(self, world: World) -> None:
-        self.world = world
-        self.on = world.size > 1
-
-    def sum_(self, tensor: Tensor) -> Tensor:
-        if self.on:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return tensor
-
-    def max_(self, tensor: Tensor) -> Tensor:
-        if self.on:
-            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-        return tensor
-
-    def broadcast_buffers(self, model: nn.Module) -> None:
-        """Rank 0's BN running statistics everywhere (each rank updated its own copy with its own batches)."""
-        if self.on:
-            for buffer in model.buffers():
-                dist.broadcast(buffer, 0)
-
-    def barrier(self) -> None:
-        if self.on:
-            dist.barrier()
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):
@@ -183,46 +109,129 @@ def convert_global_bn(module: nn.Module) -> nn.Module:
     return module
 
 
-def train_distributed(spec: DistSpec, log: ProgressLog | None = None) -> Path:
+# Compile modes of the data-parallel trainer: DDP's gradient all-reduce runs between compiled graphs, so no CUDA
+# graphs (and ImageNet-sized steps are bound by math, not by kernel launches).
+DATA_PARALLEL_COMPILE_MODES = {"cuda": "default", "cpu": "default"}
+
+
+def train_distributed(spec: DistSpec, log: core.ProgressLog | None = None) -> Path:
     """Train one run with this process as one rank (torchrun sets RANK/WORLD_SIZE/LOCAL_RANK); return model.pt."""
-    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
-    world = world_from_env()
-    device = _device(spec, world)
+    world = core.world_from_env()
+    device = core.pick_device(spec.device, world.local_rank)
     if world.size > 1:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend, **({"device_id": device} if device.type == "cuda" else {}))
     try:
-        return _train(spec, world, device, log)
+        # Before the stop handlers: starting the loader workers' server briefly ignores stop signals.
+        options = loader_options(spec.workers, pin_memory=device.type == "cuda")
+        with core.stop_signals() as stop:
+            return _train(spec, world, device, options, stop, log)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         if world.size > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(spec: DistSpec, world: World, device: torch.device, log: ProgressLog | None) -> Path:
-    settings, out = spec.settings, Path(spec.out_dir)
-    comm = Collective(world)
+class ImageNetSteps:
+    """The data-parallel step and data: each rank trains on its share of the global batch from the streaming
+    loader, DDP averages the gradients; evaluation on disjoint validation shards, summed over the ranks."""
+
+    eval_name = "val (centre crop)"
+
+    def __init__(
+        self,
+        spec: DistSpec,
+        world: core.World,
+        runtime: core.Runtime,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        index: Index,
+        options: dict[str, Any],
+    ) -> None:
+        settings, device = spec.settings, runtime.device
+        self.world, self.runtime, self.model, self.optimizer, self.device = world, runtime, model, optimizer, device
+        self.batch, self.per_rank = settings.batch_size, settings.batch_size // world.size
+        self.augment = Augment.from_settings(settings.augment)
+        self.mean, self.std = normalizer(index, settings.normalize, device)
+        train_model: nn.Module = model
+        if world.size > 1:
+            train_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        self.forward = core.Forward(train_model, runtime)
+        self.train_set = TrainImages(index, self.augment, spec.seed)
+        sampler = torch.utils.data.DistributedSampler(
+            self.train_set, num_replicas=world.size, rank=world.rank, shuffle=True, seed=spec.seed, drop_last=True
+        )
+        self.steps_per_epoch = len(sampler) // self.per_rank
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"the global batch {settings.batch_size} is larger than the {len(self.train_set)} training images"
+            )
+        self.epoch_sampler = EpochSampler(sampler)
+        self.train_loader = torch.utils.data.DataLoader(
+            self.train_set, batch_size=self.per_rank, sampler=self.epoch_sampler, drop_last=True, **options
+        )
+        val_items = index.val[world.rank :: world.size]  # disjoint shards; sums are all-reduced: exact, no padding
+        self.val_loader = torch.utils.data.DataLoader(
+            TestImages(index, self.augment, ten_crop=False, items=val_items), batch_size=spec.eval_batch, **options
+        )
+
+    def batches(self, start: int) -> Iterator[Any]:
+        epoch, position = divmod(start, self.steps_per_epoch)
+        self.epoch_sampler.start(epoch, skip=position * self.per_rank)
+        return iter(self.train_loader)
+
+    def step(self, batch: Any, lr: float) -> tuple[Tensor, Tensor]:
+        x_u8, y, shift = batch
+        device = self.device
+        x = x_u8.to(device, non_blocking=True).float().div_(255)
+        x = (x + shift.to(device, non_blocking=True)[:, :, None, None]).sub_(self.mean).div_(self.std)
+        if self.runtime.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return core.train_step(self.forward, self.optimizer, self.runtime, x, y.to(device, non_blocking=True), lr)
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """Centre-crop loss and error on the validation set, each rank on its shard (Fig. 4's bold curves)."""
+        model, device = self.model, self.device
+        model.eval()
+        totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, wrong, count
+        for views, y in self.val_loader:
+            x = views[:, 0].to(device, non_blocking=True).float().div_(255).sub_(self.mean).div_(self.std)
+            y = y.to(device, non_blocking=True)
+            if self.runtime.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self.runtime.autocast():
+                logits = model(x).float()
+            totals[0] += F.cross_entropy(logits, y, reduction="sum").double()
+            totals[1] += (logits.argmax(1) != y).sum()
+            totals[2] += len(y)
+        model.train()
+        if self.world.size > 1:
+            dist.all_reduce(totals, op=dist.ReduceOp.SUM)
+        return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
+
+
+def _train(
+    spec: DistSpec,
+    world: core.World,
+    device: torch.device,
+    options: dict[str, Any],
+    stop: Callable[[], int | None],
+    log: core.ProgressLog | None,
+) -> Path:
+    settings = spec.settings
     index = load_index(spec.data_dir)
-    augment = Augment.from_settings(settings.augment)
     if settings.batch_size % world.size:
         raise ConfigError(
             f"the global batch {settings.batch_size} does not divide into {world.size} processes; pick a batch size "
             "that is a multiple of the number of processes"
         )
-    per_rank = settings.batch_size // world.size
-    run_id = run_identity(spec.model, index, spec.seed, settings, spec.sync_bn)
-    # Only rank 0 talks; the others would repeat every line.
-    log = log or ProgressLog(settings.iterations, stream=sys.stderr if world.main else open(os.devnull, "w"))
-    # Before the stop handlers: starting the loader workers' server briefly ignores stop signals.
-    options = loader_options(spec.workers, pin_memory=device.type == "cuda")
-    stop_signal = _stop_requested()
-    runtime = choose_runtime(settings, device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution algorithms once
-
+    runtime = core.choose_runtime(settings, device, DATA_PARALLEL_COMPILE_MODES)
+    core.configure_backends(runtime)
+    augment = Augment.from_settings(settings.augment)
     torch.manual_seed(spec.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     model = build_model(spec.model, len(index.classes), 3, augment.crop, **settings.model_options)
     if spec.sync_bn and world.size > 1:
@@ -231,215 +240,30 @@ def _train(spec: DistSpec, world: World, device: torch.device, log: ProgressLog 
     model.to(device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+    optimizer = core.make_optimizer(model, settings, runtime)
+    per_rank = settings.batch_size // world.size
+    job = core.Job(
+        model_name=spec.model,
+        seed=spec.seed,
+        settings=settings,
+        run_id=run_identity(spec.model, index, spec.seed, settings, spec.sync_bn),
+        out=Path(spec.out_dir),
+        dataset={"name": "imagenet", "sha256": index.sha256},
+        num_classes=len(index.classes),
+        in_channels=3,
+        image_size=augment.crop,
+        runtime_extra={"world_size": world.size, "sync_bn": spec.sync_bn},
     )
-    mean, std = normalizer(index, settings.normalize, device)
-
-    state = initial_state(settings)
-    checkpoint_path = out / "checkpoint.pt"
-    if checkpoint_path.exists():  # every rank reads it: the optimizer state is not broadcast by DDP
-        saved = load_checkpoint(checkpoint_path)
-        if saved.get("run_id") == run_id:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            state = saved["state"]
-            log.line(
-                f"resuming {spec.model} seed {spec.seed} from iteration {state['iteration']} ({checkpoint_path}, "
-                f"written by {saved.get('world_size', '?')} processes, now {world.size})"
-            )
-        else:
-            log.line(f"ignoring {checkpoint_path}: it belongs to different settings (run {saved.get('run_id')})")
-    start_wall_clock(state)
-    agreed = comm.max_(torch.tensor([state["iteration"], -state["iteration"]], dtype=torch.long, device=device))
-    if agreed[0] != -agreed[1]:  # a rank that saw another checkpoint (no shared file system?) would diverge
-        raise ReproError(
-            f"ranks disagree on the resume iteration ({int(-agreed[1])}..{int(agreed[0])}): is "
-            f"{out} on a file system shared by all nodes?"
-        )
-
-    train_model: nn.Module = model
-    if world.size > 1:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    forward = torch.compile(train_model) if settings.compile == "on" else train_model
-
-    train_set = TrainImages(index, augment, spec.seed)
-    sampler = torch.utils.data.DistributedSampler(
-        train_set, num_replicas=world.size, rank=world.rank, shuffle=True, seed=spec.seed, drop_last=True
+    run = core.Run(job, model, optimizer, runtime, stop, world, log)
+    run.resume()  # before DDP wraps the model: it broadcasts rank 0's (resumed) weights
+    steps = ImageNetSteps(spec, world, runtime, model, optimizer, index, options)
+    describe = (
+        f"on ImageNet index {spec.data_dir} [{len(steps.train_set)} train / {len(index.val)} val, "
+        f"{len(index.classes)} classes], seed {spec.seed}, {settings.iterations} iterations of global batch "
+        f"{settings.batch_size} = {world.size} x {per_rank}, {steps.steps_per_epoch} steps per epoch, "
+        f"{spec.workers} loader workers per process, BN {'synchronized' if spec.sync_bn else 'per process'}"
     )
-    steps_per_epoch = len(sampler) // per_rank
-    if steps_per_epoch == 0:
-        raise ConfigError(f"the global batch {settings.batch_size} is larger than the {len(train_set)} training images")
-    val_items = index.val[world.rank :: world.size]  # disjoint shards; sums are all-reduced: exact, no padding
-    epoch_sampler = EpochSampler(sampler)
-    train_loader = torch.utils.data.DataLoader(
-        train_set, batch_size=per_rank, sampler=epoch_sampler, drop_last=True, **options
-    )
-    val_loader = torch.utils.data.DataLoader(
-        TestImages(index, augment, ten_crop=False, items=val_items), batch_size=spec.eval_batch, **options
-    )
-
-    def save_checkpoint() -> None:
-        if world.main:
-            payload = {
-                "run_id": run_id,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "state": state,
-                "world_size": world.size,
-            }
-            atomic_torch_save(payload, checkpoint_path)
-
-    @torch.no_grad()
-    def evaluate_center() -> tuple[float, float]:
-        """Centre-crop loss and error on the validation set, each rank on its shard (Fig. 4's bold curves)."""
-        comm.broadcast_buffers(model)
-        model.eval()
-        totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, wrong, count
-        for views, y in val_loader:
-            x = views[:, 0].to(device, non_blocking=True).float().div_(255).sub_(mean).div_(std)
-            y = y.to(device, non_blocking=True)
-            if runtime.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with runtime.autocast():
-                logits = model(x).float()
-            totals[0] += F.cross_entropy(logits, y, reduction="sum").double()
-            totals[1] += (logits.argmax(1) != y).sum()
-            totals[2] += len(y)
-        model.train()
-        comm.sum_(totals)
-        return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
-
-    if world.main:
-        out.mkdir(parents=True, exist_ok=True)
-    log.line(
-        f"training {spec.model} ({count_parameters(model):,} parameters) on ImageNet index {spec.data_dir} "
-        f"[{len(train_set)} train / {len(index.val)} val, {len(index.classes)} classes], seed {spec.seed}, "
-        f"{settings.iterations} iterations of global batch {settings.batch_size} = {world.size} x {per_rank}, "
-        f"{steps_per_epoch} steps per epoch, {spec.workers} loader workers per process, device {device} "
-        f"({runtime.note}), BN {'synchronized' if spec.sync_bn else 'per process'}, run {run_id}"
-    )
-    checkpoint_every = settings.checkpoint_every or settings.eval_every
-    window: list[Tensor] = []  # per-step [loss, wrong] since the last check, on the device (no sync per step)
-    clock, clock_iteration = time.monotonic(), state["iteration"]
-    model.train()
-
-    def check(iteration: int, stop_local: bool) -> tuple[list[float], int, bool]:
-        """One all-reduce: the window's global per-step losses and wrong counts, and whether any rank must stop."""
-        stacked = torch.stack(window).double() if window else torch.zeros(0, 2, dtype=torch.float64, device=device)
-        flag = torch.tensor([[float(stop_local), 0.0]], dtype=torch.float64, device=device)
-        payload = comm.sum_(torch.cat([stacked, flag]))
-        losses = (payload[:-1, 0] / world.size).tolist()
-        wrong = int(payload[:-1, 1].sum().item())
-        stop = payload[-1, 0].item() > 0
-        bad = [i for i, value in enumerate(losses) if not math.isfinite(value)]
-        if bad:
-            first = iteration - len(losses) + bad[0] + 1
-            kept = (
-                f"the last good checkpoint (iteration {state['last_checkpoint']}) is kept in {checkpoint_path}"
-                if state.get("last_checkpoint")
-                else "no checkpoint had been written yet"
-            )
-            raise TrainingDiverged(
-                f"loss became {losses[bad[0]]} at iteration {first} of {spec.model} seed {spec.seed}; training "
-                f"stopped and {kept}. Try a smaller learning rate or a warm-up."
-            )
-        window.clear()
-        return losses, wrong, stop
-
-    while state["iteration"] < settings.iterations:
-        epoch, position = divmod(state["iteration"], steps_per_epoch)
-        epoch_sampler.start(epoch, skip=position * per_rank)
-        for x_u8, y, shift in train_loader:
-            iteration = state["iteration"]
-            lr = settings.lr_at(iteration) if state["warmup_done"] else settings.warmup["lr"]
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x = x_u8.to(device, non_blocking=True).float().div_(255)
-            x = (x + shift.to(device, non_blocking=True)[:, :, None, None]).sub_(mean).div_(std)
-            y = y.to(device, non_blocking=True)
-            if runtime.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with runtime.autocast():
-                logits = forward(x)
-                loss = F.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            window.append(torch.stack([loss.detach().double(), (logits.detach().argmax(1) != y).sum().double()]))
-            state["iteration"] = iteration = iteration + 1
-
-            aligned = iteration % settings.check_every == 0
-            at_eval = iteration % settings.eval_every == 0 or iteration == settings.iterations
-            at_epoch_end = iteration % steps_per_epoch == 0
-            if not (aligned or at_eval or at_epoch_end):
-                continue
-            # Every rank reaches the same checks (iteration counts are global), so the all-reduce always matches.
-            losses, wrong, stop = check(iteration, stop_signal() is not None)
-            add_to_tallies(state, losses, wrong)
-            elapsed = time.monotonic() - clock
-            rate = (iteration - clock_iteration) / max(elapsed, 1e-9)
-            if aligned:
-                block_loss, block_error = take_tally(state, "block", settings.batch_size)
-                log.bar(iteration, rate, block_loss)
-                if ended := end_warmup_if_due(state, settings, block_error, iteration):
-                    log.line(ended)
-            if at_epoch_end:
-                close_epoch(state, iteration, steps_per_epoch, lr, settings.batch_size, rate)
-            if at_eval:
-                close_interval(
-                    state,
-                    log,
-                    iteration,
-                    settings.iterations,
-                    steps_per_epoch,
-                    lr,
-                    settings.batch_size,
-                    rate,
-                    elapsed,
-                    evaluate_center(),
-                    "val (centre crop)",
-                )
-                if world.main:
-                    write_csv(out / "history.csv", HISTORY_FIELDS, state["history"])
-                    write_csv(out / "epochs.csv", EPOCH_FIELDS, state["epochs"])
-                clock, clock_iteration = time.monotonic(), iteration
-            if (iteration % checkpoint_every == 0 or stop) and iteration < settings.iterations:
-                state["last_checkpoint"] = iteration
-                save_checkpoint()
-            if stop:
-                comm.barrier()  # the checkpoint is complete before any rank exits
-                raise Interrupted(
-                    f"stop requested at iteration {iteration}; checkpoint saved to {checkpoint_path}; rerun the same "
-                    "command to resume"
-                )
-            if at_epoch_end or iteration >= settings.iterations:
-                break
-
-    comm.broadcast_buffers(model)
-    if world.main:
-        final = {
-            "format": 1,
-            "model_name": spec.model,
-            "num_classes": len(index.classes),
-            "in_channels": 3,
-            "image_size": augment.crop,
-            "model_options": settings.model_options,
-            "seed": spec.seed,
-            "run_id": run_id,
-            "settings": settings.to_dict(),
-            "dataset": {"name": "imagenet", "sha256": index.sha256},
-            "runtime": {"device": str(device), "note": runtime.note, "world_size": world.size, "sync_bn": spec.sync_bn},
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        }
-        atomic_torch_save(final, out / "model.pt")
-        write_csv(out / "history.csv", HISTORY_FIELDS, state["history"])
-        write_csv(out / "epochs.csv", EPOCH_FIELDS, state["epochs"])
-        checkpoint_path.unlink(missing_ok=True)
-    comm.barrier()
-    return out / "model.pt"
+    return run.train(steps, describe)
 
 
 # ------------------------------------------------------------------------------------------------- launcher

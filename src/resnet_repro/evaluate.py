@@ -17,12 +17,14 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
+from .core import choose_runtime, load_checkpoint, pick_device
 from .data import load_prepared
 from .errors import DataError
 from .models import build_model, count_parameters
 from .paths import DETAILS_FILE, METRICS_FILE
+from .runfiles import atomic_write_bytes
 from .settings import TrainSettings
-from .train import DeviceData, atomic_write_bytes, choose_runtime, evaluate_arrays, load_checkpoint, pick_device
+from .train import DeviceData, evaluate_arrays
 
 # The numbers `dvc metrics show` lists (those a run has): one short row per run.
 HEADLINE_METRICS = (

@@ -19,7 +19,7 @@ from .catalog import CATALOG
 from .data import ARCHIVES, source_path
 from .errors import ConfigError, DataError
 from .paths import DETAILS_FILE, METRICS_FILE, TRAINING_FILES, prepared_dir, run_dir
-from .settings import TrainSettings, load_schedules, resolve_settings
+from .settings import DistributedOptions, TrainSettings, load_schedules, resolve_settings
 from .shell import unquotable
 
 SCHEMA_PATH = Path("workflow/schemas/config.schema.yaml")
@@ -37,6 +37,7 @@ class Run:
     schedule: str
     settings: TrainSettings
     param_keys: tuple[str, ...]  # config.yaml keys whose values determine the settings
+    distributed: DistributedOptions | None = None  # the data-parallel layout (ImageNet runs)
 
     @property
     def key(self) -> str:
@@ -203,6 +204,7 @@ def build_plan(config: dict, check_paths: bool = True, check_data: bool | None =
                 from .imagenet import validate_layout
 
                 validate_layout(datasets["imagenet"]["path"])
+        distributed = distributed_options(config, name) if dataset == IMAGENET else None
         runs = []
         for model, entry in experiment["models"].items():
             model_where = f"{where}.models.{model}"
@@ -228,7 +230,7 @@ def build_plan(config: dict, check_paths: bool = True, check_data: bool | None =
                 if present
             ]
             for seed in entry.get("seeds", experiment.get("seeds", [0])):
-                run = Run(dataset, model, seed, name, schedule, settings, tuple(keys))
+                run = Run(dataset, model, seed, name, schedule, settings, tuple(keys), distributed)
                 existing = plan.runs.get(run.key)
                 if existing is None:
                     plan.runs[run.key] = run
@@ -239,7 +241,7 @@ def build_plan(config: dict, check_paths: bool = True, check_data: bool | None =
                     )
                 runs.append(plan.runs[run.key])
         if dataset == IMAGENET:
-            _check_imagenet(config, name, runs)
+            _check_imagenet(name, runs)
         plan.experiments[name] = runs
     if check_data:  # after every mistake in the config itself: those are reported first
         _check_local_data(datasets, plan.datasets)
@@ -257,26 +259,17 @@ def _check_local_data(datasets: dict, used: list[str]) -> None:
                 raise ConfigError(f"config: datasets.{dataset}.path: {local} does not exist")
 
 
-DISTRIBUTED_DEFAULTS: dict[str, Any] = {
-    "nodes": 1,  # torchrun agents, one per node (one srun task each); > 1 needs SLURM
-    "processes_per_node": 1,  # training processes per agent: one per GPU (gloo processes on CPU)
-    "device": "auto",  # auto: CUDA with NCCL where present, else CPU with gloo
-    "workers": 4,  # DataLoader workers (JPEG decoding) per process
-    "sync_bn": False,  # SyncBatchNorm: BN over the global batch (results independent of the process count)
-}
+def distributed_options(config: dict, experiment: str) -> DistributedOptions:
+    """An experiment's data-parallel options (config `experiments.<name>.distributed`) over the defaults."""
+    return DistributedOptions(**(config["experiments"][experiment].get("distributed") or {}))
 
 
-def distributed_options(config: dict, experiment: str) -> dict[str, Any]:
-    """An experiment's data-parallel options (config `experiments.<name>.distributed`) with the defaults."""
-    return {**DISTRIBUTED_DEFAULTS, **(config["experiments"][experiment].get("distributed") or {})}
-
-
-def _check_imagenet(config: dict, experiment: str, runs: list[Run]) -> None:
+def _check_imagenet(experiment: str, runs: list[Run]) -> None:
     """What else can be wrong before any job runs: a global batch that does not divide into the processes, an
     augmentation the ImageNet loader cannot apply."""
-    options = distributed_options(config, experiment)
-    processes = options["nodes"] * options["processes_per_node"]
     for run in runs:
+        assert run.distributed is not None
+        processes = run.distributed.nodes * run.distributed.processes_per_node
         where = f"config: experiments.{experiment}.models.{run.model}"
         if run.settings.batch_size % processes:
             raise ConfigError(

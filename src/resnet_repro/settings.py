@@ -1,7 +1,7 @@
 """Training settings: the named schedules shipped with the package, and their validation.
 
 A run is fully described by (model, dataset, seed, TrainSettings); `settings_hash` of that tuple is the run's
-identity in checkpoints and provenance.
+identity in checkpoints and provenance. DistributedOptions: how a data-parallel run is spread over processes.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ class TrainSettings:
     augment: dict | None = None  # {"pad": 4, "flip": True}; None: the dataset's defaults
     precision: str = "auto"  # auto: bf16 autocast where the device has fast bf16, else fp32; or fp32 / bf16
     channels_last: str = "auto"  # auto: with bf16; or "on" / "off"
-    compile: str = "auto"  # auto: on for CUDA runs of >= 2000 iterations; or "on" / "off"
+    # auto: on for runs of >= 2000 iterations on CUDA, >= core.CPU_COMPILE_MIN_ITERATIONS on CPU; or "on" / "off"
+    compile: str = "auto"
     model_options: dict = field(default_factory=dict)  # e.g. {"width": 512} for fc20/fc56
 
     def __post_init__(self) -> None:
@@ -111,6 +112,18 @@ class TrainSettings:
         """The step learning rate at `iteration` (before any warm-up override)."""
         passed = sum(1 for m in self.milestones if iteration >= m)
         return round(self.lr * self.gamma**passed, 12)  # 0.1 * 0.1 prints as 0.01, not 0.010000000000000002
+
+
+@dataclass(frozen=True)
+class DistributedOptions:
+    """How a data-parallel (ImageNet) run is spread over processes: config `experiments.<name>.distributed`, and the
+    one set of defaults for the launcher, the trainer and the CLI."""
+
+    nodes: int = 1  # torchrun agents, one per node (one srun task each); > 1 needs SLURM
+    processes_per_node: int = 1  # training processes per agent: one per GPU (gloo processes on CPU)
+    device: str = "auto"  # auto: CUDA with NCCL where present, else CPU with gloo
+    workers: int = 4  # DataLoader workers (JPEG decoding) per process
+    sync_bn: bool = False  # SyncBatchNorm: BN over the global batch (results independent of the process count)
 
 
 @functools.cache

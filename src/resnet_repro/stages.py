@@ -16,7 +16,7 @@ from .catalog import CATALOG
 from .data import ARCHIVES
 from .errors import ConfigError
 from .paths import DATA_DIR, prepared_dir, raw_archive
-from .plan import IMAGENET, Plan, Run, distributed_options
+from .plan import IMAGENET, Plan, Run
 from .render import render_stages
 from .settings import schedule_keys
 from .shell import command
@@ -66,20 +66,21 @@ def container_image(kind: str, root: Path = Path(".")) -> str:
     return f"{prefix}resnet-repro-{kind}:{version}"
 
 
-def imagenet_resources(run: Run, config: dict) -> dict[str, Any]:
+def imagenet_resources(run: Run) -> dict[str, Any]:
     """Resources of an ImageNet training job: all its GPUs (locally `--resources gpu=N` counts them), CPUs for the
     loader workers, and for several nodes the SLURM task layout (one srun task per node, each a torchrun agent).
     Keys that do not apply are None (Snakemake drops them)."""
-    options = distributed_options(config, run.experiment)
-    nodes, per_node = options["nodes"], options["processes_per_node"]
+    options = run.distributed
+    assert options is not None, f"{run.key} is not a data-parallel run"
+    nodes, per_node = options.nodes, options.processes_per_node
     base = train_resources(run)
-    gpus = 0 if options["device"] == "cpu" else nodes * per_node
+    gpus = 0 if options.device == "cpu" else nodes * per_node
     multi = nodes > 1
     return {
         "gpu": gpus,
         "runtime": int(base["runtime"] / max(1, gpus)) + 15 if gpus else base["runtime"],
         "mem_mb": 12000 * per_node,  # per node: a process, its CUDA context and its workers' prefetched batches
-        "cpus_per_task": per_node * (options["workers"] + 1),
+        "cpus_per_task": per_node * (options.workers + 1),
         "nodes": nodes if multi else None,
         # The job step plugin runs an "mpi" job's command without wrapping it in `srun -n1`: launch runs srun itself.
         "mpi": "srun" if multi else None,

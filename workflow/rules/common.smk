@@ -21,4 +21,4 @@ def _flag(path):
 
 def _imagenet_resources(wildcards):
     """Resources of an ImageNet training job (see resnet_repro.stages.imagenet_resources)."""
-    return stages.imagenet_resources(PLAN.run("imagenet", wildcards.model, wildcards.seed), config)
+    return stages.imagenet_resources(PLAN.run("imagenet", wildcards.model, wildcards.seed))

@@ -73,7 +73,7 @@ rule evaluate_imagenet:
     resources:
         gpu=lambda w: (
             0
-            if plan.distributed_options(config, PLAN.run("imagenet", w.model, w.seed).experiment)["device"] == "cpu"
+            if PLAN.run("imagenet", w.model, w.seed).distributed.device == "cpu"
             else 1
         ),
         runtime=120,
