@@ -8,8 +8,9 @@
 
 from snakemake.utils import min_version
 
-from resnet_repro import pipeline, render
+from resnet_repro import pipeline
 from resnet_repro.errors import ReproError
+from resnet_repro.render.outputs import final_targets
 
 min_version("9.0")
 
@@ -34,13 +35,13 @@ container: TRAIN_IMAGE
 
 rule all:
     input:
-        render.final_targets(PLAN, PLAN.default_experiments),
+        final_targets(PLAN, PLAN.default_experiments),
     default_target: True
 
 
 rule demo:
     input:
-        render.final_targets(PLAN, ["demo"], summary=False),
+        final_targets(PLAN, ["demo"], summary=False),
 
 
 include: "workflow/rules/common.smk"

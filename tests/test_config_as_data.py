@@ -29,7 +29,8 @@ from resnet_repro.pipeline import (
     raw_archive,
     validate_config,
 )
-from resnet_repro.render import SUMMARY_DIR, experiment_dir, response_runs, responses_file
+from resnet_repro.render.outputs import response_runs
+from resnet_repro.render.paths import SUMMARY_DIR, experiment_dir, responses_file
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 INJECTION = "file:///x/cifar-10-python.tar.gz; touch INJECTED; echo"  # the value from issue 15

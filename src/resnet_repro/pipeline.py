@@ -531,7 +531,7 @@ def dvc_stages(plan: Plan) -> dict[str, dict]:
             "deps": [run.files()["model"], run.files()["history"], run.files()["epochs"], run.prepared],
             "metrics": [{run.metrics: {"cache": not in_git(run.metrics)}}],
         }
-    from .render import render_stages  # render imports this module
+    from .render.outputs import render_stages  # render imports this module
 
     stages.update(render_stages(plan))
     return stages

@@ -1,14 +1,14 @@
 # Rendering: Fig. 7's layer responses, each experiment's figures/tables/verdict, and the summary verdict.
-# Thin rules: stage names, inputs and outputs come from resnet_repro.render.render_stages (the same stages
+# Thin rules: stage names, inputs and outputs come from resnet_repro.render.outputs.render_stages (the same stages
 # dvc.yaml holds), and each job runs its stage through DVC like every other rule. Expects PLAN from the
-# Snakefile and _flag from common.smk. Figures (PNG) and tables (HTML) are flagged for
+# Snakefile, and _flag, _outputs and _paths from common.smk. Figures (PNG) and tables (HTML) are flagged for
 # `snakemake --report`, grouped by experiment.
 
 
 report: "../report/workflow.rst"
 
 
-_RENDER_STAGES = _render.render_stages(PLAN)
+_RENDER_STAGES = _outputs.render_stages(PLAN)
 
 
 rule responses:
@@ -16,7 +16,7 @@ rule responses:
         model="results/{dataset}/{model}/seed{seed}/model.pt",
         data="data/prepared/{dataset}/meta.json",
     output:
-        _render.RESPONSES_PATTERN,
+        _paths.RESPONSES_PATTERN,
     params:
         stage="responses-{dataset}-{model}-seed{seed}",
     log:
@@ -27,7 +27,7 @@ rule responses:
 
 
 for _experiment in PLAN.experiments:
-    _stage = _render.stage_name("render", _experiment)
+    _stage = _paths.stage_name("render", _experiment)
 
     rule:
         name:
