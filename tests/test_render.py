@@ -22,8 +22,9 @@ from conftest import run_cli
 from resnet_repro.catalog import CATALOG
 from resnet_repro.cli import main as cli_main
 from resnet_repro.pipeline import build_plan, dvc_stages, load_config, load_plan
+from resnet_repro.render import experiments
 from resnet_repro.render.claims import AtChance, Monotone, Near, Worse
-from resnet_repro.render.experiments import SHORT, experiment_claims
+from resnet_repro.render.experiments import GENERIC, SHORT, Experiment, experiment_claims, fixed, table
 from resnet_repro.render.formats import write_table
 from resnet_repro.render.names import is_residual, model_depth
 from resnet_repro.render.outputs import (
@@ -40,7 +41,7 @@ from resnet_repro.render.paths import RESPONSES_PATTERN, SUMMARY_DIR, experiment
 from resnet_repro.render.references import REFERENCES_FILE, REPO_REFERENCES, load_references
 from resnet_repro.render.report import render_experiment, render_summary
 from resnet_repro.render.results import ExperimentResults, ModelRuns, RunResult
-from resnet_repro.render.tables import verdict_table
+from resnet_repro.render.tables import runs_table, verdict_table
 
 REPO = Path(__file__).resolve().parents[1]
 HISTORY_FIELDS = [
@@ -567,6 +568,63 @@ def test_generic_claims_follow_the_models() -> None:
         "ResNet-20 has lower test error than ResNet-8",
     ]
     assert experiment_claims("only_vgg", ["cifar_vgg16_bn"], refs) == []
+
+
+# ------------------------------------------------------------------------------------ the experiment registry
+def mine_plan(root: Path, models: list[str]):
+    """config.yaml plus an experiment `mine` on the demo's data (and in `all`), its runs faked under root."""
+    config = load_config(REPO / "config.yaml")
+    config["experiments"]["mine"] = copy.deepcopy(config["experiments"]["demo"]) | {"models": {m: {} for m in models}}
+    config["all"] = ["mine"]
+    plan = build_plan(config, check_paths=False)
+    populate(root, plan, ["mine"])
+    return plan
+
+
+def test_an_unregistered_experiment_gets_the_generic_figures_tables_and_claims(tmp_path: Path) -> None:
+    models = ["plain8", "plain20", "resnet8", "resnet20", "plain14"]
+    assert "mine" not in experiments.REGISTRY
+    plan = mine_plan(tmp_path, models)
+    out = tmp_path / "results/mine"
+    written = render_experiment(plan, "mine", out, tmp_path)
+    assert [a.name for a in experiment_artifacts(plan, "mine")] == ["curves", "fig7", "results", "verdict"]
+    assert set(written) == {tmp_path / p for p in flatten(render_outputs(plan, "mine", str(out)))}
+    check_figure(out / "figures/curves")
+    check_figure(out / "figures/fig7")
+    assert [r["model"] for r in read_csv(out / "tables/results.csv")] == models
+    assert "| ResNet-20 |" in (out / "tables/results.md").read_text()
+    assert [r["claim"] for r in read_csv(out / "tables/verdict.csv")] == [
+        "plain-20 has higher training error than plain-8",
+        "ResNet-8 has lower training error than plain-8",
+        "ResNet-20 has lower training error than plain-20",
+        "ResNet-20 has lower test error than ResNet-8",
+    ]
+
+
+def test_an_experiment_with_its_own_claims_and_tables_is_one_registry_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own = Experiment(
+        artifacts=(*GENERIC.artifacts, table("runs", "runs_table", "Runs", lambda r: runs_table(r.results))),
+        claims=fixed(
+            Worse("ResNet-20 has lower test error than plain-20", "paper Fig. 6", "plain20", "resnet20"),
+            Near("ResNet-20 near its paper number", "paper Table 6", "resnet20", reference=8.75),
+        ),
+    )
+    monkeypatch.setitem(experiments.REGISTRY, "mine", own)
+    plan = mine_plan(tmp_path, ["plain20", "resnet20"])
+    assert [a.name for a in experiment_artifacts(plan, "mine")] == ["curves", "fig7", "results", "runs", "verdict"]
+    out = tmp_path / "results/mine"
+    render_experiment(plan, "mine", out, tmp_path)
+    claims = ["ResNet-20 has lower test error than plain-20", "ResNet-20 near its paper number"]
+    verdicts = read_csv(out / "tables/verdict.csv")
+    assert [r["claim"] for r in verdicts] == claims
+    assert [r["verdict"] for r in verdicts] == ["reproduced", "reproduced"]  # 8.80 vs 9.00; 8.80 vs 8.75
+    assert [r["model"] for r in read_csv(out / "tables/runs.csv")] == ["plain20", "resnet20"]
+    render_summary(plan, tmp_path / "summary", tmp_path)
+    assert [r["claim"] for r in read_csv(tmp_path / "summary/tables/verdict.csv")] == claims
+    # The DAG knows the entry's files too.
+    assert f"{experiment_dir('mine')}/tables/runs.csv" in final_targets(plan, ["mine"], summary=False)
 
 
 # --------------------------------------------------------------------------------------- stages and paths
