@@ -9,8 +9,9 @@
 
 from snakemake.utils import min_version
 
-from resnet_repro import plan, render, stages
+from resnet_repro import plan, stages
 from resnet_repro.errors import ReproError
+from resnet_repro.render.outputs import final_targets
 
 min_version("9.0")
 
@@ -36,12 +37,12 @@ container: TRAIN_IMAGE
 rule all:
     default_target: True
     input:
-        render.final_targets(PLAN, PLAN.default_experiments),
+        final_targets(PLAN, PLAN.default_experiments),
 
 
 rule demo:
     input:
-        render.final_targets(PLAN, ["demo"], summary=False),
+        final_targets(PLAN, ["demo"], summary=False),
 
 
 include: "workflow/rules/common.smk"

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from test_pipeline import TINY_CONFIG, make_workspace, sh
 
 from resnet_repro.errors import ConfigError
-from resnet_repro.paths import prepared_dir
+from resnet_repro.paths import SUMMARY_DIR, experiment_dir, prepared_dir
 from resnet_repro.plan import build_plan, validate_config
-from resnet_repro.render import SUMMARY_DIR, experiment_dir, response_runs, responses_file
+from resnet_repro.render.outputs import response_runs
 from resnet_repro.shell import command
 from resnet_repro.stages import archive_file, dvc_stages, dvc_yaml_text
 
@@ -131,7 +131,7 @@ def _intended(plan, source: str, folder: str, imagenet: str) -> dict[str, list[s
         argv[f"render-{name}"] += ["--out", experiment_dir(name)]
         for run in response_runs(plan, name):
             argv[f"responses-{run.key}"] = ["responses", "--run", run.folder, "--data", run.prepared]
-            argv[f"responses-{run.key}"] += ["--out", responses_file(run)]
+            argv[f"responses-{run.key}"] += ["--out", run.responses]
         for run in runs:
             where = ["--config", "config.yaml", "--experiment", name]
             train = [*where, "--model", run.model, "--seed", str(run.seed), "--data", run.prepared, "--out", run.folder]

@@ -19,10 +19,31 @@ import pytest
 import yaml
 from conftest import run_cli
 
-from resnet_repro import render
+from resnet_repro.catalog import CATALOG
 from resnet_repro.cli import main as cli_main
+from resnet_repro.paths import RESPONSES_FILE, SUMMARY_DIR, experiment_dir, run_file
 from resnet_repro.plan import build_plan, load_config, load_plan
-from resnet_repro.runfiles import EPOCH_FIELDS, HISTORY_FIELDS
+from resnet_repro.render import experiments
+from resnet_repro.render.claims import AtChance, Monotone, Near, Worse
+from resnet_repro.render.experiments import GENERIC, SHORT, Experiment, experiment_claims, fixed, table
+from resnet_repro.render.formats import write_table
+from resnet_repro.render.names import is_residual, model_depth
+from resnet_repro.render.outputs import (
+    experiment_artifacts,
+    final_targets,
+    flatten,
+    render_outputs,
+    render_stages,
+    report_items,
+    response_runs,
+    summary_report_items,
+)
+from resnet_repro.render.references import REPO_REFERENCES, load_references
+from resnet_repro.render.report import render_experiment, render_summary
+from resnet_repro.render.results import ExperimentResults, ModelRuns, RunResult
+from resnet_repro.render.tables import runs_table, verdict_table
+from resnet_repro.runfiles import EPOCH_FIELDS, HISTORY_FIELDS, write_evaluation
+from resnet_repro.sources import command_sources
 from resnet_repro.stages import dvc_stages
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,15 +142,15 @@ def fake_run(
         "confusion_matrix": [[0] * classes for _ in range(classes)],
         "provenance": {"seed": seed},
     }
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_evaluation(metrics, folder / "metrics.json")
     return metrics
 
 
 def fake_responses(path: Path, model: str) -> dict:
     """responses.json as `resnet-repro responses` writes it: plain nets' stds grow with depth, ResNets' stay small."""
-    depth = render.model_depth(model) or 20
+    depth = model_depth(model) or 20
     layers = depth - 2
-    residual = render.is_residual(model)
+    residual = is_residual(model)
     data = {
         "model": model,
         "layers": [
@@ -153,7 +174,7 @@ def full_config(tmp: Path, enable_imagenet: bool = True, enable_1202: bool = Tru
     """config.yaml, with ImageNet pointed at a local folder-dataset name (so Fig. 4 / Table 2 render) and
     ResNet-1202 on (so Fig. 6's right panel renders)."""
     config = copy.deepcopy(load_config(REPO / "config.yaml"))
-    config["all"] = [*PAPER_EXPERIMENTS, render.SHORT]  # the shipped `all` builds the short experiment only
+    config["all"] = [*PAPER_EXPERIMENTS, SHORT]  # the shipped `all` builds the short experiment only
     if enable_imagenet:
         config["datasets"]["inet"] = {"path": str(tmp)}
         config["experiments"]["imagenet"]["dataset"] = "inet"
@@ -174,9 +195,9 @@ def populate(root: Path, plan, experiments: list[str] | None = None, skip: tuple
                 continue
             params = 11_200_000 if run.model.startswith("cifar_") else 270_000
             written[run.folder] = fake_run(root / run.folder, run.model, run.seed, classes=classes, parameters=params)
-        for run in render.response_runs(plan, name):
+        for run in response_runs(plan, name):
             if run.model not in skip:
-                fake_responses(root / render.responses_file(run), run.model)
+                fake_responses(root / run.responses, run.model)
     return written
 
 
@@ -205,17 +226,17 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("synthetic")
     plan = build_plan(full_config(root), check_paths=False)
     metrics = populate(root, plan)
-    refs = render.load_references()
+    refs = load_references()
     written = {}
     for name in plan.experiments:
-        written[name] = render.render_experiment(plan, name, root / "results" / name, root, refs)
-    render.render_summary(plan, root / "results" / "summary", root, refs=refs)
+        written[name] = render_experiment(plan, name, root / "results" / name, root, refs)
+    render_summary(plan, root / "results" / "summary", root, refs=refs)
     return root, plan, metrics, written
 
 
 # ---------------------------------------------------------------------------------------- reference numbers
 def test_references_have_sources_and_the_papers_numbers() -> None:
-    refs = render.load_references()
+    refs = load_references()
     for section in ("table6", "table2", "review_fc", "cifar100_reference"):
         assert refs[section]["source"] in refs["sources"], section
         assert refs[section]["where"]
@@ -238,11 +259,11 @@ def test_references_have_sources_and_the_papers_numbers() -> None:
     # Every reference model is a catalogued name, so a typo cannot silently leave a row unmatched.
     for section in ("table6", "table2", "review_fc", "cifar100_reference"):
         for row in refs[section]["rows"]:
-            assert row.get("model") is None or row["model"] in render.CATALOG, row
+            assert row.get("model") is None or row["model"] in CATALOG, row
 
 
 def test_no_reference_number_is_typed_into_the_code() -> None:
-    source = (REPO / "src/resnet_repro/render.py").read_text()
+    source = "".join(path.read_text() for path in sorted((REPO / "src/resnet_repro/render").glob("*.py")))
     for number in ("6.43", "9.38", "27.94", "24.39", "0.7982", "2.2377", "8.75"):
         assert number not in source, number
 
@@ -252,15 +273,13 @@ def test_every_artifact_of_every_experiment_is_written(synthetic) -> None:
     root, plan, _, written = synthetic
     for name in plan.experiments:
         expected = {
-            root / p
-            for files in render.render_outputs(plan, name, str(root / "results" / name)).values()
-            for p in files
+            root / p for files in render_outputs(plan, name, str(root / "results" / name)).values() for p in files
         }
         assert set(written[name]) == expected, name
-        for art in render.experiment_artifacts(plan, name):
+        for art in experiment_artifacts(plan, name):
             if art.kind == "figure":
                 check_figure(root / "results" / name / "figures" / art.name)
-    names = {name: [a.name for a in render.experiment_artifacts(plan, name)] for name in plan.experiments}
+    names = {name: [a.name for a in experiment_artifacts(plan, name)] for name in plan.experiments}
     assert names["degradation"] == ["fig1", "results", "verdict"]
     assert names["cifar10_depth"] == ["fig6", "fig7", "table6", "verdict"]
     assert names["fc_vs_resnet"] == ["fc_curves", "fc_table", "verdict"]
@@ -272,7 +291,7 @@ def test_every_artifact_of_every_experiment_is_written(synthetic) -> None:
 def test_table6_numbers_equal_the_json(synthetic) -> None:
     root, plan, metrics, _ = synthetic
     rows = read_csv(root / "results/cifar10_depth/tables/table6.csv")
-    refs = render.load_references()
+    refs = load_references()
     by_layers = {(r["method"], r["layers"]): r for r in rows}
     for layers in ("20", "32", "44", "56", "1202"):
         row = by_layers[("ResNet", layers)]
@@ -304,7 +323,7 @@ def test_table6_numbers_equal_the_json(synthetic) -> None:
 def test_fc_table_numbers_equal_the_json_and_the_review(synthetic) -> None:
     root, plan, metrics, _ = synthetic
     rows = read_csv(root / "results/fc_vs_resnet/tables/fc_table.csv")
-    refs = {r["model"]: r for r in render.load_references()["review_fc"]["rows"]}
+    refs = {r["model"]: r for r in load_references()["review_fc"]["rows"]}
     for model in ("fc20", "fc56", "cifar_resnet18"):
         m = metrics[plan.run("cifar10", model, 0).folder]
         ours = next(r for r in rows if r["model"] == model and r["source"] == "ours")
@@ -364,17 +383,17 @@ def test_results_table_and_summary(synthetic) -> None:
 def test_disabled_and_missing_runs_are_not_run(tmp_path: Path) -> None:
     """The default config (ImageNet off, ResNet-1202 off) with no run at all: everything renders, nothing passes."""
     config = load_config(REPO / "config.yaml")
-    config["all"] = [*PAPER_EXPERIMENTS, render.SHORT]
+    config["all"] = [*PAPER_EXPERIMENTS, SHORT]
     plan = build_plan(config, check_paths=False)
     for name in plan.experiments:
-        render.render_experiment(plan, name, tmp_path / "results" / name, tmp_path)
+        render_experiment(plan, name, tmp_path / "results" / name, tmp_path)
         rows = read_csv(tmp_path / f"results/{name}/tables/verdict.csv")
         assert rows and {r["verdict"] for r in rows} == {"not run"}, name
         assert all(r["evidence"].startswith("not run: ") for r in rows)
     check_figure(tmp_path / "results/cifar10_depth/figures/fig6")
     rows = read_csv(tmp_path / "results/cifar10_depth/tables/table6.csv")
     assert {r["status"] for r in rows if r["method"] == "ResNet"} == {"not run"}
-    render.render_summary(plan, tmp_path / "summary", tmp_path)
+    render_summary(plan, tmp_path / "summary", tmp_path)
     summary = read_csv(tmp_path / "summary/tables/verdict.csv")
     imagenet = [r for r in summary if r["experiment"] == "imagenet"]
     assert imagenet and all(r["evidence"] == "not run: experiment disabled in config.yaml" for r in imagenet)
@@ -391,7 +410,7 @@ def _results(
     groups = {}
     for model, values in models.items():
         runs = [
-            render.RunResult(
+            RunResult(
                 model,
                 seed,
                 Path("."),
@@ -408,8 +427,8 @@ def _results(
             for seed, (tr, te) in enumerate(values)
         ]
         seeds = (expected_seeds or {}).get(model, list(range(len(values))))
-        groups[model] = render.ModelRuns(model, seeds, runs)
-    return render.ExperimentResults("x", "cifar10", True, groups)
+        groups[model] = ModelRuns(model, seeds, runs)
+    return ExperimentResults("x", "cifar10", True, groups)
 
 
 TOL = {
@@ -424,7 +443,7 @@ TOL = {
 
 
 def test_ordering_claims_account_for_noise() -> None:
-    claim = render.Worse("plain-56 worse", "paper Fig. 1", "plain56", "plain20", "train_error")
+    claim = Worse("plain-56 worse", "paper Fig. 1", "plain56", "plain20", "train_error")
     # A clear win: 4 points between two seeds each that agree within 0.4 points.
     win = claim.evaluate(
         _results({"plain56": [(0.120, 0.1), (0.124, 0.1)], "plain20": [(0.080, 0.1), (0.082, 0.1)]}), TOL
@@ -457,7 +476,7 @@ def test_ordering_claims_account_for_noise() -> None:
     same = claim.evaluate(_results({"plain56": [(0.101, 0.1)] * 2, "plain20": [(0.1, 0.1)] * 2}), TOL)
     assert same.verdict == "within noise" and same.noise > 0.25
     # Single runs on few images: the demo's -0.28 points on 359 test images is noise, not a reversal.
-    test_claim = render.Worse("ResNet-8 better", "paper Fig. 6", "plain8", "resnet8")
+    test_claim = Worse("ResNet-8 better", "paper Fig. 6", "plain8", "resnet8")
     demo = test_claim.evaluate(_results({"plain8": [(0, 0.0501)], "resnet8": [(0, 0.0529)]}, images=(1438, 359)), TOL)
     assert demo.verdict == "within noise" and demo.margin == pytest.approx(-0.28) and demo.noise > 3
     # The same margins on 10k test images with a 4-point gap decide.
@@ -473,14 +492,14 @@ def test_ordering_claims_account_for_noise() -> None:
 
 
 def test_verdict_table_shows_margin_noise_seeds_and_rule(tmp_path: Path) -> None:
-    claim = render.Worse("plain-56 worse", "paper Fig. 1", "plain56", "plain20", "train_error")
+    claim = Worse("plain-56 worse", "paper Fig. 1", "plain56", "plain20", "train_error")
     verdicts = [
         claim.evaluate(
             _results({"plain56": [(0.120, 0.1), (0.124, 0.1)], "plain20": [(0.080, 0.1), (0.082, 0.1)]}), TOL
         ),
         claim.evaluate(_results({"plain56": [(0.5, 0.5)]}), TOL),
     ]
-    render.write_table(render.verdict_table(verdicts), tmp_path)
+    write_table(verdict_table(verdicts), tmp_path)
     rows = read_csv(tmp_path / "tables/verdict.csv")
     assert [(r["verdict"], r["seeds"]) for r in rows] == [("reproduced", "2 vs 2"), ("not run", "")]
     assert float(rows[0]["margin"]) == pytest.approx(4.1) and float(rows[0]["noise"]) == pytest.approx(0.4472, abs=1e-3)
@@ -491,21 +510,21 @@ def test_verdict_table_shows_margin_noise_seeds_and_rule(tmp_path: Path) -> None
 
 
 def test_missing_runs_and_seeds_are_never_a_pass() -> None:
-    claim = render.Worse("plain-56 worse", "paper Fig. 1", "plain56", "plain20", "train_error")
+    claim = Worse("plain-56 worse", "paper Fig. 1", "plain56", "plain20", "train_error")
     verdict = claim.evaluate(_results({"plain56": [(0.5, 0.5)]}), TOL)
     assert (verdict.verdict, verdict.evidence) == ("not run", "not run: plain-20")
     partial = _results({"plain56": [(0.5, 0.5)], "plain20": [(0.1, 0.1)]}, {"plain20": [0, 1, 2]})
     verdict = claim.evaluate(partial, TOL)
     assert verdict.verdict == "not run" and "plain-20 seeds 1, 2" in verdict.evidence
-    near = render.Near("ResNet-110 near", "paper", "resnet110", reference=6.43)
+    near = Near("ResNet-110 near", "paper", "resnet110", reference=6.43)
     assert near.evaluate(_results({}), TOL).verdict == "not run"
-    chance = render.AtChance("FC-56 does not learn", "review", "fc56")
+    chance = AtChance("FC-56 does not learn", "review", "fc56")
     assert chance.evaluate(_results({"fc20": [(0.9, 0.9)]}), TOL).verdict == "not run"
 
 
 def test_monotone_near_and_chance_claims() -> None:
     chain = ("resnet20", "resnet56", "resnet110")
-    claim = render.Monotone("deeper is better", "paper", chain)
+    claim = Monotone("deeper is better", "paper", chain)
     good = _results({"resnet20": [(0, 0.088)], "resnet56": [(0, 0.070)], "resnet110": [(0, 0.065)]})
     assert claim.evaluate(good, TOL).verdict == "reproduced"
     within_slack = _results({"resnet20": [(0, 0.088)], "resnet56": [(0, 0.070)], "resnet110": [(0, 0.072)]})
@@ -515,15 +534,15 @@ def test_monotone_near_and_chance_claims() -> None:
     flat = _results({"resnet20": [(0, 0.07)], "resnet56": [(0, 0.07)], "resnet110": [(0, 0.07)]})
     assert claim.evaluate(flat, TOL).verdict == "not reproduced"  # the ends must differ in the claimed direction
 
-    best = render.Near("ResNet-110 best", "paper", "resnet110", reference=6.43)
-    mean = render.Near("ResNet-110 mean", "paper", "resnet110", reference=6.61, use="mean")
+    best = Near("ResNet-110 best", "paper", "resnet110", reference=6.43)
+    mean = Near("ResNet-110 mean", "paper", "resnet110", reference=6.61, use="mean")
     seeds = _results({"resnet110": [(0, 0.0690), (0, 0.0700), (0, 0.0760)]})
     assert best.evaluate(seeds, TOL).verdict == "reproduced"  # best 6.90: +0.47 points
     assert mean.evaluate(seeds, TOL).verdict == "not reproduced"  # mean 7.17: +0.56 points
     assert "ours 6.90% (best of 3) vs 6.43%: +0.47 points" in best.evaluate(seeds, TOL).evidence
 
-    learns = render.AtChance("FC-20 learns", "review", "fc20", above=True)
-    stuck = render.AtChance("FC-56 does not learn", "review", "fc56")
+    learns = AtChance("FC-20 learns", "review", "fc20", above=True)
+    stuck = AtChance("FC-56 does not learn", "review", "fc56")
     runs = _results({"fc20": [(0.85, 0.83)], "fc56": [(0.9, 0.9)]})
     assert learns.evaluate(runs, TOL).verdict == "reproduced"  # 17% vs chance 10%
     assert stuck.evaluate(runs, TOL).verdict == "reproduced"
@@ -533,36 +552,94 @@ def test_monotone_near_and_chance_claims() -> None:
 
 
 def test_generic_claims_follow_the_models() -> None:
-    refs = render.load_references()
-    claims = render.experiment_claims("mine", ["plain8", "plain20", "resnet8", "resnet20", "cifar_vgg16_bn"], refs)
+    refs = load_references()
+    claims = experiment_claims("mine", ["plain8", "plain20", "resnet8", "resnet20", "cifar_vgg16_bn"], refs)
     assert [c.text for c in claims] == [
         "plain-20 has higher training error than plain-8",
         "ResNet-8 has lower training error than plain-8",
         "ResNet-20 has lower training error than plain-20",
         "ResNet-20 has lower test error than ResNet-8",
     ]
-    assert render.experiment_claims("only_vgg", ["cifar_vgg16_bn"], refs) == []
+    assert experiment_claims("only_vgg", ["cifar_vgg16_bn"], refs) == []
+
+
+# ------------------------------------------------------------------------------------ the experiment registry
+def mine_plan(root: Path, models: list[str]):
+    """config.yaml plus an experiment `mine` on the demo's data (and in `all`), its runs faked under root."""
+    config = load_config(REPO / "config.yaml")
+    config["experiments"]["mine"] = copy.deepcopy(config["experiments"]["demo"]) | {"models": {m: {} for m in models}}
+    config["all"] = ["mine"]
+    plan = build_plan(config, check_paths=False)
+    populate(root, plan, ["mine"])
+    return plan
+
+
+def test_an_unregistered_experiment_gets_the_generic_figures_tables_and_claims(tmp_path: Path) -> None:
+    models = ["plain8", "plain20", "resnet8", "resnet20", "plain14"]
+    assert "mine" not in experiments.REGISTRY
+    plan = mine_plan(tmp_path, models)
+    out = tmp_path / "results/mine"
+    written = render_experiment(plan, "mine", out, tmp_path)
+    assert [a.name for a in experiment_artifacts(plan, "mine")] == ["curves", "fig7", "results", "verdict"]
+    assert set(written) == {tmp_path / p for p in flatten(render_outputs(plan, "mine", str(out)))}
+    check_figure(out / "figures/curves")
+    check_figure(out / "figures/fig7")
+    assert [r["model"] for r in read_csv(out / "tables/results.csv")] == models
+    assert "| ResNet-20 |" in (out / "tables/results.md").read_text()
+    assert [r["claim"] for r in read_csv(out / "tables/verdict.csv")] == [
+        "plain-20 has higher training error than plain-8",
+        "ResNet-8 has lower training error than plain-8",
+        "ResNet-20 has lower training error than plain-20",
+        "ResNet-20 has lower test error than ResNet-8",
+    ]
+
+
+def test_an_experiment_with_its_own_claims_and_tables_is_one_registry_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own = Experiment(
+        artifacts=(*GENERIC.artifacts, table("runs", "runs_table", "Runs", lambda r: runs_table(r.results))),
+        claims=fixed(
+            Worse("ResNet-20 has lower test error than plain-20", "paper Fig. 6", "plain20", "resnet20"),
+            Near("ResNet-20 near its paper number", "paper Table 6", "resnet20", reference=8.75),
+        ),
+    )
+    monkeypatch.setitem(experiments.REGISTRY, "mine", own)
+    plan = mine_plan(tmp_path, ["plain20", "resnet20"])
+    assert [a.name for a in experiment_artifacts(plan, "mine")] == ["curves", "fig7", "results", "runs", "verdict"]
+    out = tmp_path / "results/mine"
+    render_experiment(plan, "mine", out, tmp_path)
+    claims = ["ResNet-20 has lower test error than plain-20", "ResNet-20 near its paper number"]
+    verdicts = read_csv(out / "tables/verdict.csv")
+    assert [r["claim"] for r in verdicts] == claims
+    assert [r["verdict"] for r in verdicts] == ["reproduced", "reproduced"]  # 8.80 vs 9.00; 8.80 vs 8.75
+    assert [r["model"] for r in read_csv(out / "tables/runs.csv")] == ["plain20", "resnet20"]
+    render_summary(plan, tmp_path / "summary", tmp_path)
+    assert [r["claim"] for r in read_csv(tmp_path / "summary/tables/verdict.csv")] == claims
+    # The DAG knows the entry's files too.
+    assert f"{experiment_dir('mine')}/tables/runs.csv" in final_targets(plan, ["mine"], summary=False)
 
 
 # --------------------------------------------------------------------------------------- stages and paths
 def test_render_stages_match_the_renderer_and_the_pipeline(tmp_path: Path) -> None:
     plan = load_plan(REPO / "config.yaml")
-    stages = render.render_stages(plan)
+    stages = render_stages(plan)
     assert set(stages) >= {f"render-{name}" for name in plan.experiments} | {"summary"}
     responses = [name for name in stages if name.startswith("responses-")]
     assert sorted(responses) == sorted(
-        f"responses-{r.key}" for name in plan.experiments for r in render.response_runs(plan, name)
+        f"responses-{r.key}" for name in plan.experiments for r in response_runs(plan, name)
     )
     # cifar10_depth: Fig. 7's nets are 20/56/110 of each kind present (no plain-110 in the config).
-    assert [r.model for r in render.response_runs(plan, "cifar10_depth")] == [
+    assert [r.model for r in response_runs(plan, "cifar10_depth")] == [
         "plain20",
         "plain56",
         "resnet20",
         "resnet56",
         "resnet110",
     ]
-    pipeline_stages = dvc_stages(plan)  # dvc.yaml holds the render stages, unchanged
-    assert all(pipeline_stages[name] == stage for name, stage in stages.items())
+    pipeline_stages = dvc_stages(plan)  # dvc.yaml holds the render stages, with the code they run as deps
+    for name, stage in stages.items():
+        assert pipeline_stages[name] == {**stage, "deps": [*stage["deps"], *command_sources(stage["cmd"])]}
     outs = [out for s in pipeline_stages.values() for out in s.get("outs", [])]
     outs += [next(iter(m)) for s in pipeline_stages.values() for m in s.get("metrics", [])]
     assert len(outs) == len(set(outs))  # no file is produced by two stages
@@ -570,25 +647,25 @@ def test_render_stages_match_the_renderer_and_the_pipeline(tmp_path: Path) -> No
     for name, stage in stages.items():
         for dep in stage["deps"]:
             assert dep in produced or (REPO / dep).exists(), (name, dep)
-    assert render.REPO_REFERENCES in stages["render-demo"]["deps"]
+    assert REPO_REFERENCES in stages["render-demo"]["deps"]
     # The commands are valid CLI invocations writing exactly the declared outs.
     parser = __import__("resnet_repro.cli", fromlist=["build_parser"]).build_parser()
     for stage in stages.values():
         parser.parse_args(stage["cmd"].split()[1:])
     stage = stages["render-demo"]
-    assert stage["outs"] == render.flatten(render.render_outputs(plan, "demo"))
-    assert set(render.final_targets(plan, ["demo"], summary=False)) == set(stage["outs"])
-    assert render.RESPONSES_PATTERN.format(dataset="digits", model="resnet8", seed=0) == render.responses_file(
-        plan.run("digits", "resnet8", 0)
+    assert stage["outs"] == flatten(render_outputs(plan, "demo"))
+    assert set(final_targets(plan, ["demo"], summary=False)) == set(stage["outs"])
+    assert run_file(RESPONSES_FILE).format(dataset="digits", model="resnet8", seed=0) == (
+        plan.run("digits", "resnet8", 0).responses
     )
-    items = render.report_items(plan, ["demo"])
+    items = report_items(plan, ["demo"])
     assert [i.path for i in items] == [
         "results/demo/figures/curves.png",
         "results/demo/figures/fig7.png",
         "results/demo/tables/results.html",
         "results/demo/tables/verdict.html",
     ]
-    for item in render.report_items(plan) + render.summary_report_items():
+    for item in report_items(plan) + summary_report_items():
         assert (REPO / "workflow/report" / f"{item.caption}.rst").is_file(), item.caption
     # Stages are plain data: they survive a YAML round trip (dvc.yaml).
     assert yaml.safe_load(yaml.safe_dump(stages)) == stages
@@ -634,8 +711,8 @@ def test_real_digits_runs_render(tmp_path: Path, digits_dir: Path) -> None:
         # Training as a real process (the trainer's progress log holds on to the stderr it started with).
         run_cli("train", "--config", cfg, "--experiment", "demo", *args, "--device", "cpu")
         assert cli_main(["evaluate", "--run", folder, "--data", str(digits_dir), "--device", "cpu"]) == 0
-    for run in render.response_runs(plan, "demo"):
-        out = str(tmp_path / render.responses_file(run))
+    for run in response_runs(plan, "demo"):
+        out = str(tmp_path / run.responses)
         assert (
             cli_main(["responses", "--run", str(tmp_path / run.folder), "--data", str(digits_dir), "--out", out]) == 0
         )
@@ -668,7 +745,7 @@ def test_real_digits_runs_render(tmp_path: Path, digits_dir: Path) -> None:
     assert float(rows["resnet8"]["error_best"]) == pytest.approx(100 * min(seeds), abs=1e-9)
     assert float(rows["resnet8"]["error_mean"]) == pytest.approx(50 * sum(seeds), abs=1e-9)
     assert rows["resnet8"]["runs"] == "2"
-    responses = json.loads((tmp_path / render.responses_file(plan.run("digits", "resnet8", 0))).read_text())
+    responses = json.loads((tmp_path / plan.run("digits", "resnet8", 0).responses).read_text())
     assert len(responses["layers"]) == 6 and all(layer["std"] > 0 for layer in responses["layers"])
     assert responses["images"] == 359
     verdicts = read_csv(out / "tables/verdict.csv")
@@ -682,7 +759,8 @@ def test_real_digits_runs_render(tmp_path: Path, digits_dir: Path) -> None:
 
 # --------------------------------------------------------------------------------------- the HTML report
 REPORT_SNAKEFILE = """
-from resnet_repro import plan, render, stages
+from resnet_repro import plan, stages
+from resnet_repro.render.outputs import final_targets
 
 configfile: "config.yaml"
 
@@ -690,7 +768,7 @@ PLAN = plan.build_plan(plan.validated(config), check_paths=False)
 RENDER_IMAGE = stages.container_image("render")
 
 rule everything:
-    input: render.final_targets(PLAN, list(PLAN.experiments))
+    input: final_targets(PLAN, list(PLAN.experiments))
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/render.smk"
@@ -709,16 +787,18 @@ def test_html_report_contains_every_flagged_file(tmp_path: Path) -> None:
     (tmp_path / "workflow/rules").mkdir()
     shutil.copy(REPO / "workflow/rules/render.smk", tmp_path / "workflow/rules/render.smk")
     shutil.copy(REPO / "workflow/rules/common.smk", tmp_path / "workflow/rules/common.smk")
-    (tmp_path / "src/resnet_repro").mkdir(parents=True)
-    shutil.copy(render.REFERENCES_FILE, tmp_path / render.REPO_REFERENCES)
+    # the package: references.yaml, and the code the rules list as inputs
+    shutil.copytree(
+        REPO / "src/resnet_repro", tmp_path / "src/resnet_repro", ignore=shutil.ignore_patterns("__pycache__")
+    )
     config = full_config(tmp_path, enable_imagenet=False, enable_1202=False)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     (tmp_path / "Snakefile").write_text(REPORT_SNAKEFILE)
     plan = build_plan(config, check_paths=False)
     populate(tmp_path, plan)
     for name in plan.experiments:
-        render.render_experiment(plan, name, tmp_path / render.experiment_dir(name), tmp_path)
-    render.render_summary(plan, tmp_path / render.SUMMARY_DIR, tmp_path)
+        render_experiment(plan, name, tmp_path / experiment_dir(name), tmp_path)
+    render_summary(plan, tmp_path / SUMMARY_DIR, tmp_path)
     import subprocess
 
     result = subprocess.run(
@@ -730,7 +810,7 @@ def test_html_report_contains_every_flagged_file(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     page = (tmp_path / "report.html").read_text()
-    items = render.report_items(plan) + render.summary_report_items()
+    items = report_items(plan) + summary_report_items()
     assert len(items) == 4 + 4 + 3 + 3 + 3 + 5 + 1  # + the short experiment: fig6, fig7, results, runs, verdict
     for item in items:
         assert item.path in page, item.path

@@ -13,10 +13,14 @@ import pytest
 import yaml
 from conftest import REPO
 
-from resnet_repro import render
 from resnet_repro.plan import build_plan
+from resnet_repro.render.experiments import SHORT, judge_experiment
+from resnet_repro.render.outputs import response_runs
+from resnet_repro.render.references import load_references
+from resnet_repro.render.report import render_experiment
+from resnet_repro.render.results import ExperimentResults, collect
 
-EXPERIMENT = render.SHORT
+EXPERIMENT = SHORT
 RECORD = REPO / "results" / EXPERIMENT
 
 
@@ -32,8 +36,8 @@ def plan():
 
 
 @pytest.fixture(scope="module")
-def results(plan) -> render.ExperimentResults:
-    return render.collect(plan, EXPERIMENT, REPO)
+def results(plan) -> ExperimentResults:
+    return collect(plan, EXPERIMENT, REPO)
 
 
 def test_every_run_of_record_is_committed(plan) -> None:
@@ -46,8 +50,8 @@ def test_every_run_of_record_is_committed(plan) -> None:
     for run in runs:
         seeds.setdefault(run.model, []).append(run.seed)
     assert all(len(s) >= 2 for s in seeds.values()), seeds  # every claim is decided by several seeds
-    for run in render.response_runs(plan, EXPERIMENT):
-        assert (REPO / render.responses_file(run)).is_file()
+    for run in response_runs(plan, EXPERIMENT):
+        assert (REPO / run.responses).is_file()
 
 
 def test_results_table_matches_the_metrics(results) -> None:
@@ -72,7 +76,7 @@ def test_results_table_matches_the_metrics(results) -> None:
 
 def test_verdict_of_record_is_what_the_runs_give(plan, results) -> None:
     committed = read_csv(RECORD / "tables/verdict.csv")
-    judged = render.judge_experiment(plan, results, render.load_references())
+    judged = judge_experiment(plan, results, load_references())
     assert [r["claim"] for r in committed] == [v.claim for v in judged]
     for row, verdict in zip(committed, judged, strict=True):
         assert row["verdict"] == verdict.verdict, row["claim"]
@@ -105,7 +109,7 @@ def test_provenance_of_every_run(results) -> None:
 
 def test_results_render_again_from_the_committed_files(plan, tmp_path: Path) -> None:
     """No weights, no data: the figures and tables come back from the committed metrics and histories."""
-    written = render.render_experiment(plan, EXPERIMENT, tmp_path, REPO)
+    written = render_experiment(plan, EXPERIMENT, tmp_path, REPO)
     assert {p.name for p in written} == {p.name for p in (RECORD / "tables").iterdir()} | {
         p.name for p in (RECORD / "figures").iterdir()
     }

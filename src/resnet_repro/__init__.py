@@ -1,3 +1,5 @@
+"""resnet-repro: a reproducible pipeline for He et al. (2015), "Deep Residual Learning for Image Recognition"."""
+
 from importlib.metadata import PackageNotFoundError, version
 
 try:

@@ -17,6 +17,10 @@ class ModelEntry:
     kind: str  # "resnet", "vgg" or "fc": which class builds it
     description: str
     args: dict[str, Any] = field(default_factory=dict)
+    # How the papers write it (plain20 -> plain-20, cifar_plain18 -> PlainCNN-18, the review's name), and its
+    # layer count: what figures, tables and claims show. Given where the entry is registered, never parsed.
+    label: str = field(kw_only=True)
+    depth: int | None = field(kw_only=True)
 
 
 CATALOG: dict[str, ModelEntry] = {}
@@ -36,7 +40,18 @@ for depth in (8, 14, 20, 32, 44, 56, 110, 1202):
             continue
         what = "option-A shortcuts" if shortcut == "A" else "no shortcuts"
         args = {"block": "basic", "layout": (n, n, n), "widths": (16, 32, 64), "stem": "cifar", "shortcut": shortcut}
-        _add(ModelEntry(f"{prefix}{depth}", "cifar", "resnet", f"CIFAR {depth}-layer net, {what}", args))
+        label = f"ResNet-{depth}" if prefix == "resnet" else f"plain-{depth}"
+        _add(
+            ModelEntry(
+                f"{prefix}{depth}",
+                "cifar",
+                "resnet",
+                f"CIFAR {depth}-layer net, {what}",
+                args,
+                label=label,
+                depth=depth,
+            )
+        )
 
 # Paper Table 1: ImageNet forms (7x7 stem + max-pool, option B); the review's CIFAR forms (3x3 stem, no pool).
 for depth, block, layout in (
@@ -44,16 +59,18 @@ for depth, block, layout in (
     (34, "basic", (3, 4, 6, 3)),
     (50, "bottleneck", (3, 4, 6, 3)),
 ):
-    for prefix, stem, form in (
-        ("", "imagenet", "ImageNet form"),
-        ("cifar_", "cifar", "CIFAR form (3x3 stem, no max-pool)"),
+    # The review calls its CIFAR-form plain nets PlainCNN-n; the paper's ImageNet ones are plain-n.
+    for prefix, stem, form, plain in (
+        ("", "imagenet", "ImageNet form", "plain"),
+        ("cifar_", "cifar", "CIFAR form (3x3 stem, no max-pool)", "PlainCNN"),
     ):
         for kind, shortcut in (("resnet", "B"), ("plain", "none")):
             if kind == "plain" and depth == 50:
                 continue
             title = f"ResNet-{depth}, {form}, option-B shortcuts" if kind == "resnet" else f"Plain-{depth}, {form}"
             args = {"block": block, "layout": layout, "widths": (64, 128, 256, 512), "stem": stem, "shortcut": shortcut}
-            _add(ModelEntry(f"{prefix}{kind}{depth}", stem, "resnet", title, args))
+            label = f"ResNet-{depth}" if kind == "resnet" else f"{plain}-{depth}"
+            _add(ModelEntry(f"{prefix}{kind}{depth}", stem, "resnet", title, args, label=label, depth=depth))
 
 for depth in (16, 19):
     for prefix, form in (("cifar_", "cifar"), ("", "imagenet")):
@@ -64,6 +81,8 @@ for depth in (16, 19):
                 "vgg",
                 f"VGG-{depth} with batch norm, {form} form",
                 {"depth": depth, "form": form},
+                label=f"VGG-{depth}-BN",
+                depth=depth,
             )
         )
 
@@ -76,5 +95,7 @@ for depth in (20, 56):
             "fc",
             f"{depth} fully connected ReLU layers (option width, default 256), no normalization",
             {"depth": depth, "width": 256},
+            label=f"FC-{depth}",
+            depth=depth,
         )
     )

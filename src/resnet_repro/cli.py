@@ -191,8 +191,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from .paths import experiment_dir
     from .plan import load_plan
-    from .render import experiment_dir, render_experiment
+    from .render.report import render_experiment
 
     plan = load_plan(args.config)
     written = render_experiment(plan, args.experiment, args.out or experiment_dir(args.experiment), args.root)
@@ -211,8 +212,9 @@ def cmd_responses(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
+    from .paths import SUMMARY_DIR
     from .plan import load_plan
-    from .render import SUMMARY_DIR, render_summary
+    from .render.report import render_summary
 
     plan = load_plan(args.config)
     out = args.out or SUMMARY_DIR

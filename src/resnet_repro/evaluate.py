@@ -7,7 +7,6 @@ sizes and the provenance. Nothing in either depends on timing, so equal runs giv
 from __future__ import annotations
 
 import csv
-import json
 import platform
 import subprocess
 from pathlib import Path
@@ -21,38 +20,9 @@ from .core import choose_runtime, load_checkpoint, pick_device
 from .data import load_prepared
 from .errors import DataError
 from .models import build_model, count_parameters
-from .paths import DETAILS_FILE, METRICS_FILE
-from .runfiles import atomic_write_bytes
+from .runfiles import write_evaluation
 from .settings import TrainSettings
 from .train import DeviceData, evaluate_arrays
-
-# The numbers `dvc metrics show` lists (those a run has): one short row per run.
-HEADLINE_METRICS = (
-    "test_error",
-    "top5_error",
-    "test_loss",
-    "train_error",
-    "train_loss",
-    "single_crop_error",
-    "parameters",
-)
-
-
-def details_file(metrics_file: Path) -> Path:
-    """The companion of a metrics file: details.json beside metrics.json (X.details.json beside any other X.json)."""
-    metrics_file = Path(metrics_file)
-    if metrics_file.name == METRICS_FILE:
-        return metrics_file.with_name(DETAILS_FILE)
-    return metrics_file.with_suffix(".details.json")
-
-
-def write_evaluation(result: dict[str, Any], out: Path) -> None:
-    """Split `result` into the headline metrics (`out`) and the details (its companion), each written atomically;
-    the details first, so that a metrics file never stands without them."""
-    headline = {key: result[key] for key in HEADLINE_METRICS if key in result}
-    details = {key: value for key, value in result.items() if key not in headline}
-    atomic_write_bytes(details_file(out), (json.dumps(details, indent=2) + "\n").encode())
-    atomic_write_bytes(Path(out), (json.dumps(headline, indent=2) + "\n").encode())
 
 
 def git_commit(where: Path | None = None) -> str:

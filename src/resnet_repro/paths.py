@@ -1,4 +1,4 @@
-"""Where the pipeline's files live: each path pattern of data and runs, defined once.
+"""Where the pipeline's files live: each path pattern of data, runs and rendered results, defined once.
 
 The patterns keep Snakemake's wildcards (`{dataset}`, `{model}`, `{seed}`, `{archive}`): the rules use them as
 they are, and the DVC stages and the command line fill them in. Nothing here imports anything but the standard
@@ -18,6 +18,9 @@ TRAINING_FILES = ("model.pt", "history.csv", "epochs.csv")  # what a training jo
 METRICS_FILE = "metrics.json"  # what evaluation writes: the headline numbers (DVC metrics)
 DETAILS_FILE = "details.json"  # and beside them the rest: identity, per-class accuracy, provenance
 RESPONSES_FILE = "responses.json"  # Fig. 7's layer responses
+SUMMARY_DIR = f"{RESULTS_DIR}/summary"  # the verdict over all experiments
+TABLE_FORMATS = ("csv", "md", "tex", "html")
+FIGURE_FORMATS = ("png", "pdf")
 
 
 def raw_archive(archive: str = "{archive}") -> str:
@@ -33,6 +36,21 @@ def prepared_dir(dataset: str = "{dataset}") -> str:
 def run_dir(dataset: str = "{dataset}", model: str = "{model}", seed: int | str = "{seed}") -> str:
     """A run's folder; with no arguments, the wildcard pattern."""
     return RUN_DIR.format(dataset=dataset, model=model, seed=seed)
+
+
+def experiment_dir(experiment: str) -> str:
+    """Where an experiment's figures and tables go."""
+    return f"{RESULTS_DIR}/{experiment}"
+
+
+def figure_files(out_dir: str, name: str) -> dict[str, str]:
+    """A figure's files, by format."""
+    return {fmt: f"{out_dir}/figures/{name}.{fmt}" for fmt in FIGURE_FORMATS}
+
+
+def table_files(out_dir: str, name: str) -> dict[str, str]:
+    """A table's files, by format."""
+    return {fmt: f"{out_dir}/tables/{name}.{fmt}" for fmt in TABLE_FORMATS}
 
 
 def run_file(name: str, dataset: str = "{dataset}", model: str = "{model}", seed: int | str = "{seed}") -> str:

@@ -18,7 +18,7 @@ import yaml
 from .catalog import CATALOG
 from .data import ARCHIVES, source_path
 from .errors import ConfigError, DataError
-from .paths import DETAILS_FILE, METRICS_FILE, TRAINING_FILES, prepared_dir, run_dir
+from .paths import DETAILS_FILE, METRICS_FILE, RESPONSES_FILE, TRAINING_FILES, prepared_dir, run_dir
 from .settings import DistributedOptions, TrainSettings, load_schedules, resolve_settings
 from .shell import unquotable
 
@@ -62,6 +62,11 @@ class Run:
     @property
     def details(self) -> str:
         return f"{self.folder}/{DETAILS_FILE}"
+
+    @property
+    def responses(self) -> str:
+        """Fig. 7's layer responses of this run's model."""
+        return f"{self.folder}/{RESPONSES_FILE}"
 
     @property
     def settings_json(self) -> str:

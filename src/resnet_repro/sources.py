@@ -19,7 +19,7 @@ REPO_PACKAGE_DIR = f"src/{PACKAGE}"  # where the package lives in the repository
 ENTRY = f"{PACKAGE}.cli"
 
 
-def _module_file(module: str) -> Path | None:
+def module_file(module: str) -> Path | None:
     """The file of a module of this package (a package's __init__.py), or None when there is none."""
     parts = module.split(".")
     if parts[0] != PACKAGE:
@@ -33,13 +33,13 @@ def _module_file(module: str) -> Path | None:
 
 @functools.cache
 def _tree(module: str) -> ast.Module:
-    path = _module_file(module)
+    path = module_file(module)
     assert path is not None, module
     return ast.parse(path.read_text(), filename=str(path))
 
 
 def _is_package(module: str) -> bool:
-    path = _module_file(module)
+    path = module_file(module)
     return path is not None and path.name == "__init__.py"
 
 
@@ -60,8 +60,8 @@ def _imported(module: str, nodes: list[ast.AST]) -> set[str]:
                 continue
             found.add(target)
             # `from .pkg import name` loads pkg.name too when that is a module
-            found |= {f"{target}.{a.name}" for a in node.names if _module_file(f"{target}.{a.name}") is not None}
-    return {name for name in found if _module_file(name) is not None}
+            found |= {f"{target}.{a.name}" for a in node.names if module_file(f"{target}.{a.name}") is not None}
+    return {name for name in found if module_file(name) is not None}
 
 
 def _with_parents(modules: set[str]) -> set[str]:
@@ -81,6 +81,21 @@ def _closure(start: set[str]) -> set[str]:
         seen.add(module)
         todo += _with_parents(_imported(module, list(ast.walk(_tree(module)))))
     return seen
+
+
+def package_modules() -> list[str]:
+    """Every module of the package (a package's __init__.py stands for the package), sorted."""
+    names = []
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        parts = [PACKAGE, *path.relative_to(PACKAGE_DIR).with_suffix("").parts]
+        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return sorted(names)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules that loading it can load directly (imports anywhere in it, and the
+    packages above each)."""
+    return {name: _with_parents(_imported(name, list(ast.walk(_tree(name))))) - {name} for name in package_modules()}
 
 
 def _entry_functions() -> dict[str, ast.FunctionDef]:
@@ -119,7 +134,7 @@ def subcommand_modules(subcommand: str) -> tuple[str, ...]:
 
 def repo_path(module: str) -> str:
     """The module's file as a path in the repository."""
-    path = _module_file(module)
+    path = module_file(module)
     assert path is not None, module
     return f"{REPO_PACKAGE_DIR}/{path.relative_to(PACKAGE_DIR).as_posix()}"
 

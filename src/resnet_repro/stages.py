@@ -17,7 +17,7 @@ from .data import ARCHIVES
 from .errors import ConfigError
 from .paths import DATA_DIR, prepared_dir, raw_archive
 from .plan import IMAGENET, Plan, Run
-from .render import render_stages
+from .render.outputs import render_stages
 from .settings import schedule_keys
 from .shell import command
 from .sources import command_sources
@@ -44,13 +44,13 @@ def train_resources(run: Run) -> dict[str, int]:
         per_iteration = MS_PER_ITERATION["vgg"]
     elif entry.family == "imagenet":
         per_iteration = MS_PER_ITERATION["imagenet"]
-    elif entry.args.get("widths") == (16, 32, 64):
-        depth = int("".join(ch for ch in run.model if ch.isdigit()))
-        per_iteration = MS_PER_ITERATION["cifar_layer"] * depth
+    elif entry.args.get("widths") == (16, 32, 64) and entry.depth:
+        per_iteration = MS_PER_ITERATION["cifar_layer"] * entry.depth
     else:
         per_iteration = MS_PER_ITERATION["cifar_resnet"]
     minutes = 2 * per_iteration * run.settings.iterations / 60000 + 15
-    memory = 32000 if entry.family == "imagenet" else 16000 if run.model == "resnet1202" else 8000
+    deep = (entry.depth or 0) > 200  # ResNet-1202's activations at batch 128 outgrow 8 GB
+    memory = 32000 if entry.family == "imagenet" else 16000 if deep else 8000
     return {"gpu": 1, "runtime": int(minutes), "mem_mb": memory}
 
 

@@ -1,8 +1,8 @@
 # Helpers shared by the rule files (kept apart from the rules, as Snakemake's style guide asks).
 
-from resnet_repro import render as _render
+from resnet_repro.render import outputs as _outputs
 
-_REPORT = {item.path: item for item in _render.report_items(PLAN) + _render.summary_report_items()}
+_REPORT = {item.path: item for item in _outputs.report_items(PLAN) + _outputs.summary_report_items()}
 
 
 def _flag(path):

@@ -1,7 +1,7 @@
 # Rendering: Fig. 7's layer responses, each experiment's figures/tables/verdict, and the summary verdict.
-# Thin rules: stage names, inputs and outputs come from resnet_repro.render.render_stages (the same stages
+# Thin rules: stage names, inputs and outputs come from resnet_repro.render.outputs.render_stages (the same stages
 # dvc.yaml holds), and each job runs its stage through DVC like every other rule. Expects PLAN from the
-# Snakefile and _flag from common.smk. Figures (PNG) and tables (HTML) are flagged for
+# Snakefile, and _flag and _outputs from common.smk. Figures (PNG) and tables (HTML) are flagged for
 # `snakemake --report`, grouped by experiment.
 
 from resnet_repro import paths, sources
@@ -10,7 +10,7 @@ from resnet_repro import paths, sources
 report: "../report/workflow.rst"
 
 
-_RENDER_STAGES = _render.render_stages(PLAN)
+_RENDER_STAGES = _outputs.render_stages(PLAN)
 
 
 rule responses:
@@ -19,7 +19,7 @@ rule responses:
         data=f"{paths.prepared_dir()}/meta.json",
         code=sources.subcommand_files("responses"),
     output:
-        _render.RESPONSES_PATTERN,
+        paths.run_file(paths.RESPONSES_FILE),
     log:
         "logs/responses/{dataset}/{model}/seed{seed}.log",
     threads: 1
@@ -30,7 +30,7 @@ rule responses:
 
 
 for _experiment in PLAN.experiments:
-    _stage = _render.stage_name("render", _experiment)
+    _stage = _outputs.stage_name("render", _experiment)
 
     rule:
         name:
