@@ -71,11 +71,7 @@ rule evaluate_imagenet:
         "logs/evaluate/imagenet/{model}/seed{seed}.log",
     threads: 4
     resources:
-        gpu=lambda w: (
-            0
-            if PLAN.run("imagenet", w.model, w.seed).distributed.device == "cpu"
-            else 1
-        ),
+        gpu=lambda w: (0 if PLAN.run("imagenet", w.model, w.seed).distributed.device == "cpu" else 1),
         runtime=120,
     params:
         stage="evaluate-imagenet-{model}-seed{seed}",
