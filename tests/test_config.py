@@ -125,3 +125,22 @@ def test_the_schemas_settings_are_exactly_the_trainers_settings() -> None:
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
     schema_keys = set(schema["$defs"]["settings"]["properties"])
     assert schema_keys == {field.name for field in dataclasses.fields(TrainSettings)}
+
+
+def test_training_threads_spread_the_cores_over_an_experiments_runs() -> None:
+    from resnet_repro.stages import train_threads
+
+    config = copy.deepcopy(BASE)
+    plan = build_plan(config, check_data=False)
+    degradation = plan.experiments["degradation"][0]  # 2 runs
+    depth = next(run for run in plan.experiments["cifar10_depth"] if run.experiment == "cifar10_depth")  # 13 runs
+    assert train_threads(plan, degradation, 2) == 1 and train_threads(plan, depth, 2) == 1
+    assert train_threads(plan, degradation, 16) == 8 and train_threads(plan, depth, 16) == 1
+    assert train_threads(plan, depth, 64) == 4
+    assert train_threads(plan, depth, None) == 2  # a cluster executor: no local core count
+    config["train_threads"] = 3
+    plan = build_plan(config, check_data=False)
+    assert train_threads(plan, depth, 2) == 2 and train_threads(plan, depth, 16) == 3
+    for bad in (0, "many"):
+        with pytest.raises(ConfigError, match="train_threads"):
+            validate_config({**config, "train_threads": bad})

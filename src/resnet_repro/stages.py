@@ -54,6 +54,22 @@ def train_resources(run: Run) -> dict[str, int]:
     return {"gpu": 1, "runtime": int(minutes), "mem_mb": memory}
 
 
+DEFAULT_TRAIN_THREADS = 2  # where the cores are not known (a cluster executor): a CPU training job's share
+
+
+def train_threads(plan: Plan, run: Run, cores: int | None) -> int:
+    """Threads of `run`'s training job when Snakemake has `cores`: config `train_threads`, or with `auto` the cores
+    spread evenly over the runs of its experiment, at least one each. On this project's 2-core reference machine,
+    two 1-thread jobs side by side finish the short experiment sooner than one 2-thread job at a time (README,
+    "Speed"); with many cores each job gets its share."""
+    value = plan.config.get("train_threads", "auto")
+    if not isinstance(cores, int) or cores < 1:
+        return DEFAULT_TRAIN_THREADS if value == "auto" else value
+    if value != "auto":
+        return min(value, cores)
+    return max(1, cores // len(plan.experiments.get(run.experiment) or [run]))
+
+
 IMAGE_VERSION_FILE = Path("containers/VERSION")
 IMAGE_PREFIX_ENV = "RESNET_REPRO_IMAGE_PREFIX"  # e.g. docker://ghcr.io/you/ once the images are pushed
 

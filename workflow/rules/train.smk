@@ -20,12 +20,12 @@ rule train:
         epochs=paths.run_file("epochs.csv"),
     log:
         "logs/train/{dataset}/{model}/seed{seed}.log",
-    threads: 2
+    threads: lambda w: stages.train_threads(PLAN, PLAN.run(w.dataset, w.model, w.seed), workflow.cores)
     resources:
         gpu=lambda w: stages.train_resources(PLAN.run(w.dataset, w.model, w.seed))["gpu"],
         runtime=lambda w: stages.train_resources(PLAN.run(w.dataset, w.model, w.seed))["runtime"],
         mem_mb=lambda w: stages.train_resources(PLAN.run(w.dataset, w.model, w.seed))["mem_mb"],
-        cpus_per_task=2,
+        cpus_per_task=lambda w, threads: threads,
         # On SLURM: SIGTERM 5 minutes before the time limit, so the trainer checkpoints and a retry resumes;
         # append keeps the log of every attempt in one file.
         slurm_extra="--signal=TERM@300 --open-mode=append",
