@@ -1,5 +1,7 @@
 # Helpers shared by the rule files (kept apart from the rules, as Snakemake's style guide asks).
 
+from snakemake.exceptions import WorkflowError
+
 from resnet_repro.render import outputs as _outputs
 
 _REPORT = {item.path: item for item in _outputs.report_items(PLAN) + _outputs.summary_report_items()}
@@ -17,6 +19,14 @@ def _flag(path):
         subcategory=item.subcategory,
         labels={"name": item.label, "file": path.rsplit("/", 1)[-1]},
     )
+
+
+def _cores():
+    """The cores of a local run (--cores N); None under a cluster executor, where each job asks for its own."""
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return None
 
 
 def _imagenet_resources(wildcards):

@@ -20,7 +20,7 @@ rule train:
         epochs=paths.run_file("epochs.csv"),
     log:
         "logs/train/{dataset}/{model}/seed{seed}.log",
-    threads: lambda w: stages.train_threads(PLAN, PLAN.run(w.dataset, w.model, w.seed), workflow.cores)
+    threads: lambda w: stages.train_threads(PLAN, PLAN.run(w.dataset, w.model, w.seed), _cores())
     resources:
         gpu=lambda w: stages.train_resources(PLAN.run(w.dataset, w.model, w.seed))["gpu"],
         runtime=lambda w: stages.train_resources(PLAN.run(w.dataset, w.model, w.seed))["runtime"],
