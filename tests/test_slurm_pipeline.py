@@ -105,4 +105,5 @@ def test_two_task_slurm_job_trains_data_parallel(slurm_cluster, tiny_imagenet: P
     train_log = (workspace / "logs/train/imagenet/resnet18/seed0.log").read_text()
     assert "launch: srun --ntasks=2 --kill-on-bad-exit=1" in train_log, train_log[-3000:]
     assert "--rdzv-backend c10d" in train_log and "global batch 16 = 2 x 8" in train_log
-    assert json.loads((workspace / target).read_text())["provenance"]["train_world_size"] == 2
+    details = workspace / target.replace("metrics.json", "details.json")
+    assert json.loads(details.read_text())["provenance"]["train_world_size"] == 2

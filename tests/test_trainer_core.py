@@ -125,3 +125,19 @@ def test_failure_in_the_first_compiled_step_redoes_it_eagerly(
     assert rows(tmp_path / "fallback" / "history.csv") == rows(tmp_path / "eager" / "history.csv")
     assert models["fallback"]["runtime"]["compile_fallback"] == "RuntimeError: CUDA graph capture failed"
     assert models["eager"]["runtime"]["compile"] is False and models["eager"]["runtime"]["compile_fallback"] is None
+
+
+@pytest.mark.slow
+def test_compiled_cpu_runs_are_bitwise_reproducible(digits_dir: Path, tmp_path: Path) -> None:
+    """The determinism guarantee covers compiled CPU runs too: two processes, same seed, settings and threads
+    (here 2), torch.compile on: the same weights, bit for bit, and the same learning curves."""
+    for name in ("a", "b"):
+        run_cli(
+            "train", *SHORT, "--set", "compile=on", "--data", str(digits_dir), "--out", str(tmp_path / name),
+            OMP_NUM_THREADS="2", timeout=900,
+        )  # fmt: skip
+    runtime = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["runtime"]
+    assert runtime["compile"] is True and not runtime.get("compile_fallback"), runtime
+    assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
+    for table in ("history.csv", "epochs.csv"):
+        assert rows(tmp_path / "a" / table) == rows(tmp_path / "b" / table)
