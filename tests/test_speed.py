@@ -105,6 +105,8 @@ def test_compile_auto_only_on_long_runs() -> None:
     long = resolve_settings("cifar_paper")
     assert not choose_runtime(resolve_settings("demo", SHORT), torch.device("cpu")).compile
     assert choose_runtime(long, torch.device("cpu")).compile == (long.iterations >= CPU_COMPILE_MIN_ITERATIONS)
+    assert choose_runtime(long, torch.device("cpu")).compile  # the paper's 64k iterations pay for it on CPU too
+    assert not choose_runtime(resolve_settings("cifar_short"), torch.device("cpu")).compile  # 2,000: they do not
     assert choose_runtime(long, torch.device("cuda")).compile
     assert choose_runtime(long, torch.device("cuda")).compile_mode == "reduce-overhead"
     assert not choose_runtime(resolve_settings("demo"), torch.device("cuda")).compile
