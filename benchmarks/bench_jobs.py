@@ -63,7 +63,9 @@ def time_split(runs: list, data: Path, iterations: int, jobs: int, threads: int,
     def one(run) -> None:
         out = scratch / f"{jobs}x{threads}" / run.key
         start = time.perf_counter()
-        subprocess.run(train_command(run, data, out, iterations), env=env, check=True, capture_output=True)
+        done = subprocess.run(train_command(run, data, out, iterations), env=env, capture_output=True, text=True)
+        if done.returncode != 0:  # the trainer's own one-line error, not a traceback of this script
+            raise SystemExit(f"error: training {run.key} failed: {done.stderr.strip().splitlines()[-1:]}")
         per_run[run.key] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -82,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
 
+    if not (args.data / "meta.json").is_file():
+        parser.error(f"--data {args.data}: not a prepared dataset (run `resnet-repro prepare` first)")
     plan = load_plan(args.config)
+    if args.experiment not in plan.experiments:
+        parser.error(f"--experiment {args.experiment!r} is not an enabled experiment of {args.config}")
     runs = plan.experiments[args.experiment]
     full = sum(run.settings.iterations for run in runs)
     sliced = args.iterations * len(runs)
