@@ -7,7 +7,17 @@
 # The experiment matrix lives in config.yaml; its runs and settings come from resnet_repro.plan, the stage
 # commands from resnet_repro.stages and the file paths from resnet_repro.paths.
 
+import sys
+from pathlib import Path
+
 from snakemake.utils import min_version
+
+try:
+    import resnet_repro
+except ModuleNotFoundError as missing:  # not installed (e.g. `snakemake --lint` with only Snakemake): the checkout's
+    if missing.name != "resnet_repro":
+        raise
+    sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from resnet_repro import plan, stages
 from resnet_repro.errors import ReproError

@@ -72,3 +72,43 @@ def test_the_render_package_has_no_cycle() -> None:
 
 def test_no_import_cycle() -> None:
     assert cycles(import_graph()) == []
+
+
+def run_file_literals() -> list[str]:
+    """Every string literal in the package equal to a run-file name, outside paths.py (their one definition), as
+    'path:line: name'. F-string parts count: `f"{run}/model.pt"` holds the literal "/model.pt", not "model.pt"."""
+    from resnet_repro import paths
+
+    names = {*paths.TRAINING_FILES, paths.CHECKPOINT_FILE, paths.METRICS_FILE, paths.DETAILS_FILE, paths.RESPONSES_FILE}
+    assert names == {
+        "model.pt",
+        "checkpoint.pt",
+        "history.csv",
+        "epochs.csv",
+        "metrics.json",
+        "details.json",
+        "responses.json",
+    }
+    found: list[tuple[str, int, str]] = []
+    for name in package_modules():
+        path = module_file(name)
+        assert path is not None
+        if name == "resnet_repro.paths":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in names:
+                found.append((str(path.relative_to(path.parents[2])), node.lineno, node.value))
+    return [f"{where}:{line}: {value}" for where, line, value in sorted(found)]
+
+
+def test_run_file_names_are_defined_once_in_paths() -> None:
+    """cli.py, render/ and the rest name run files through resnet_repro.paths, never as literals."""
+    found = run_file_literals()
+    assert found == [], "run-file names typed as literals (use resnet_repro.paths):\n" + "\n".join(found)
+
+
+def test_the_render_package_documents_exactly_its_modules() -> None:
+    docstring = ast.get_docstring(ast.parse(module_file("resnet_repro.render").read_text()))  # type: ignore[union-attr]
+    listed = {line.split()[0] for line in docstring.splitlines() if line.startswith("    ") and line.strip()}
+    modules = {name.rsplit(".", 1)[1] for name in package_modules() if name.startswith("resnet_repro.render.")}
+    assert listed == modules

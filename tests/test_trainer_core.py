@@ -5,17 +5,32 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import REPO, cli_env, kill_at_teardown, run_cli
 
-from resnet_repro import core
-from resnet_repro.core import CPU_COMPILE_MIN_ITERATIONS, CUDA_COMPILE_MIN_ITERATIONS, choose_runtime
+from resnet_repro import runtime as runtime_module
+from resnet_repro.core import Job, Run
+from resnet_repro.data import load_prepared
+from resnet_repro.distributed import rank_seed
+from resnet_repro.errors import ConfigError
+from resnet_repro.evaluate import load_trained_model
+from resnet_repro.progress import ProgressLog
 from resnet_repro.runfiles import TIMING_FIELDS
+from resnet_repro.runtime import (
+    CPU_COMPILE_MIN_ITERATIONS,
+    CUDA_COMPILE_MIN_ITERATIONS,
+    choose_runtime,
+    configure_backends,
+)
 from resnet_repro.settings import resolve_settings
-from resnet_repro.train import RunSpec, train
+from resnet_repro.train import DeviceData, RunSpec, build_training, train
 
 TRAINERS = ("train.py", "distributed.py")
 SHARED_BLOCK = 6  # consecutive normalized lines that count as copied logic
@@ -107,7 +122,7 @@ def test_failure_in_the_first_compiled_step_redoes_it_eagerly(
     monkeypatch.setattr(torch, "compile", compile_that_fails_when_run)
     lines: list[str] = []
 
-    class Log(core.ProgressLog):
+    class Log(ProgressLog):
         def line(self, text: str) -> None:
             lines.append(text)
 
@@ -141,3 +156,242 @@ def test_compiled_cpu_runs_are_bitwise_reproducible(digits_dir: Path, tmp_path: 
     assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
     for table in ("history.csv", "epochs.csv"):
         assert rows(tmp_path / "a" / table) == rows(tmp_path / "b" / table)
+
+
+# ------------------------------------------------------------------------------------- against the previous trainer
+# The trainer core as it stood before it was restructured into runtime/world/progress/state/core modules. The
+# restructuring must not change a bit of what a run computes: the same run through both gives the same weights,
+# BN statistics and learning curves.
+PREVIOUS_TRAINER = "cf5a823281c79632c597fc0a5e905da5abd4ec19"
+
+
+def _previous_source(tmp_path: Path) -> Path:
+    """The previous trainer's src/ (from git), or skip where the history is not there (a shallow clone)."""
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet", f"{PREVIOUS_TRAINER}^{{commit}}"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if commit.returncode != 0:
+        pytest.skip(f"commit {PREVIOUS_TRAINER[:7]} is not in this clone's history (shallow clone?)")
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", commit.stdout.strip(), "src"], capture_output=True, check=True
+    )
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive.stdout, check=True)
+    return tmp_path / "src"
+
+
+@pytest.mark.slow
+def test_the_restructured_trainer_computes_what_the_previous_one_did(digits_dir: Path, tmp_path: Path) -> None:
+    previous_src = _previous_source(tmp_path / "previous")
+    args = ["train", "--model", "resnet8", "--schedule", "demo", "--set", "iterations=90", "--set", "eval_every=30",
+            "--set", "check_every=10", "--data", str(digits_dir)]  # fmt: skip
+    run_cli(*args, "--out", str(tmp_path / "now"))
+    previous = subprocess.run(
+        [sys.executable, "-m", "resnet_repro.cli", *args, "--out", str(tmp_path / "before")],
+        env=cli_env(PYTHONPATH=str(previous_src)), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert previous.returncode == 0, previous.stderr
+    now, before = (torch.load(tmp_path / name / "model.pt", weights_only=True) for name in ("now", "before"))
+    assert now["model"].keys() == before["model"].keys()
+    assert all(torch.equal(now["model"][key], before["model"][key]) for key in now["model"])
+    assert now["runtime"]["note"] == before["runtime"]["note"]
+    for table in ("history.csv", "epochs.csv"):
+        assert rows(tmp_path / "now" / table) == rows(tmp_path / "before" / table)
+
+
+def test_a_failure_while_cuda_graphs_record_is_retaken_eagerly(
+    digits_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CUDA-graph trees warm up on the first compiled call and record on the second: a capture failure there is
+    inside the guarded window too. Here the compiled module (a stand-in that runs eagerly) fails on its second call,
+    with the window of a CUDA-graph runtime; the step is undone and retaken: the run is the eager run, bit for bit."""
+    calls = []
+
+    def compile_that_fails_when_recording(module, **options):
+        def compiled(x):
+            calls.append(len(x))
+            out = module(x)  # the warm-up runs the step; the recording's forward updates BN statistics, then fails
+            if len(calls) == 2:
+                raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+            return out
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", compile_that_fails_when_recording)
+    monkeypatch.setitem(runtime_module.GUARDED_STEPS, "other", runtime_module.GUARDED_STEPS["cudagraphs"])
+    lines: list[str] = []
+
+    class Log(ProgressLog):
+        def line(self, text: str) -> None:
+            lines.append(text)
+
+    models = {}
+    for name, compile_setting in (("eager", "off"), ("fallback", "on")):
+        settings = resolve_settings("demo", {**SHORT_SETTINGS, "compile": compile_setting})
+        train(RunSpec("resnet8", 0, settings, digits_dir, tmp_path / name, "cpu"), log=Log(60))
+        models[name] = torch.load(tmp_path / name / "model.pt", weights_only=True)
+    assert calls == [64, 64]  # the warm-up, then the recording that failed; eager from then on
+    assert [line for line in lines if "torch.compile failed" in line] == [
+        "torch.compile failed (RuntimeError: CUDA error: operation not permitted when stream is capturing); "
+        "training continues eager from iteration 1"
+    ]
+    eager, fallback = models["eager"]["model"], models["fallback"]["model"]
+    assert all(torch.equal(eager[key], fallback[key]) for key in eager)
+    assert rows(tmp_path / "fallback" / "history.csv") == rows(tmp_path / "eager" / "history.csv")
+
+
+def test_the_guarded_window_covers_recording_only_where_cuda_graphs_record() -> None:
+    long_run = resolve_settings("cifar_paper", {"compile": "on"})
+    assert choose_runtime(long_run, torch.device("cuda")).guarded_steps == 3  # warm-up, record, first replay
+    assert choose_runtime(long_run, torch.device("cpu")).guarded_steps == 1
+    assert choose_runtime(resolve_settings("cifar_paper", {"compile": "off"}), torch.device("cuda")).guarded_steps == 0
+
+
+def test_bf16_only_where_the_device_runs_it_natively() -> None:
+    auto = resolve_settings("cifar_paper", {})
+    volta, ampere = (choose_runtime(auto, torch.device("cuda"), cuda_capability=c) for c in ((7, 0), (8, 0)))
+    assert not volta.bf16 and volta.note.startswith("fp32 (no fast bf16")
+    assert ampere.bf16 and ampere.channels_last
+    forced = choose_runtime(
+        resolve_settings("cifar_paper", {"precision": "bf16"}), torch.device("cuda"), cuda_capability=(7, 0)
+    )
+    assert forced.bf16  # asked for: kept
+
+
+def test_fp32_on_cuda_turns_tf32_off() -> None:
+    """The provenance's "fp32" is true: cuDNN convolutions and matmuls in IEEE fp32, TF32 only for bf16 runs.
+    (The switches are process-wide flags, settable without a GPU.)"""
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    before = (matmul.fp32_precision, conv.fp32_precision, torch.backends.cudnn.benchmark)
+    try:
+        for precision, expected in (("fp32", "ieee"), ("bf16", "tf32")):
+            settings = resolve_settings("cifar_paper", {"precision": precision})
+            configure_backends(choose_runtime(settings, torch.device("cuda")))
+            assert (matmul.fp32_precision, conv.fp32_precision) == (expected, expected)
+    finally:
+        matmul.fp32_precision, conv.fp32_precision, torch.backends.cudnn.benchmark = before
+
+
+def test_sync_bn_runs_eager() -> None:
+    long_run = resolve_settings("imagenet_paper", {})
+    assert choose_runtime(long_run, torch.device("cuda")).compile
+    assert not choose_runtime(long_run, torch.device("cuda"), sync_bn=True).compile
+    with pytest.raises(ConfigError, match="sync_bn"):
+        choose_runtime(resolve_settings("imagenet_paper", {"compile": "on"}), torch.device("cuda"), sync_bn=True)
+
+
+def test_a_resumed_optimizer_runs_as_this_runtime_says(digits_dir: Path, tmp_path: Path) -> None:
+    """Optimizer.load_state_dict brings back the saving process's `fused` flag (a checkpoint written on a GPU sets
+    it): after a resume the optimizer runs as this process's runtime chose, as model.pt's provenance says."""
+    settings = resolve_settings("demo", SHORT_SETTINGS)
+    model, optimizer, _, runtime = build_training(
+        "resnet8", settings, load_prepared(digits_dir), torch.device("cpu"), 0
+    )
+    saved_on_gpu = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=True).state_dict()
+    job = Job("resnet8", 0, settings, "id", tmp_path, {"name": "digits", "sha256": ""}, 10, 1, 8)
+    Run(job, model, optimizer, runtime, lambda: None).load_optimizer(saved_on_gpu)
+    assert not runtime.fused_sgd and not optimizer.param_groups[0]["fused"]
+    assert optimizer.param_groups[0]["momentum"] == 0.9  # the hyper-parameters do come from the file
+
+
+def test_checkpoints_of_the_previous_trainer_resume(digits_dir: Path, tmp_path: Path) -> None:
+    """Decided: checkpoints keep their plain layout, so one written by the previous trainer (stopped by SIGTERM)
+    resumes here to the uninterrupted run's weights; one older still (no wall time, RNG or world size) is refused
+    with one line."""
+    previous_src = _previous_source(tmp_path / "previous")
+    args = [*SHORT, "--set", "check_every=10", "--set", "checkpoint_every=10", "--data", str(digits_dir)]
+    run_cli("train", *args, "--out", str(tmp_path / "uninterrupted"))
+    out = tmp_path / "interrupted"
+    process = kill_at_teardown(
+        subprocess.Popen(
+            [sys.executable, "-m", "resnet_repro.cli", "train", *args, "--out", str(out)],
+            env=cli_env(PYTHONPATH=str(previous_src)), stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 75, stderr
+    old = torch.load(out / "checkpoint.pt", weights_only=True)
+    resumed = run_cli("train", *args, "--out", str(out))
+    assert "resuming resnet8 seed 0 from iteration" in resumed.stderr
+    final, reference = (
+        torch.load(p / "model.pt", weights_only=True)["model"] for p in (out, tmp_path / "uninterrupted")
+    )
+    assert all(torch.equal(final[key], reference[key]) for key in reference)
+
+    del old["rng_cpu"], old["state"]["wall_s"]
+    older = tmp_path / "older"
+    older.mkdir()
+    torch.save(old, older / "checkpoint.pt")
+    refused = run_cli("train", *args, "--out", str(older), check=False)
+    assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0, refused.stderr
+    assert "written by an older resnet-repro" in refused.stderr and "rng_cpu" in refused.stderr
+
+
+def test_evaluation_uses_the_precision_the_run_was_trained_with(digits_dir: Path, tmp_path: Path) -> None:
+    """A run's metrics do not depend on the machine that evaluates it: the precision and layout come from model.pt's
+    provenance. Here a bf16 run's model.pt is re-labelled as trained in fp32 (as by `precision: auto` on a device
+    without fast bf16): evaluated on the same CPU, it is scored in fp32, exactly as an fp32 forward pass does."""
+    run_cli("train", *SHORT, "--set", "precision=bf16", "--data", str(digits_dir), "--out", str(tmp_path / "bf16"))
+    saved = torch.load(tmp_path / "bf16" / "model.pt", weights_only=True)
+    fp32 = tmp_path / "fp32"
+    fp32.mkdir()
+    for table in ("history.csv", "epochs.csv"):
+        (fp32 / table).write_bytes((tmp_path / "bf16" / table).read_bytes())
+    torch.save(
+        {**saved, "runtime": {**saved["runtime"], "precision": "fp32", "channels_last": False}}, fp32 / "model.pt"
+    )
+    for run in ("bf16", "fp32"):
+        run_cli("evaluate", "--run", str(tmp_path / run), "--data", str(digits_dir), "--device", "cpu")
+    details = {run: json.loads((tmp_path / run / "details.json").read_text()) for run in ("bf16", "fp32")}
+    assert details["bf16"]["provenance"]["eval_runtime"].startswith("bf16 (as trained), channels-last")
+    assert details["fp32"]["provenance"]["eval_runtime"].startswith("fp32 (as trained), NCHW")
+
+    model, _ = load_trained_model(fp32 / "model.pt")
+    data = DeviceData(load_prepared(digits_dir), resolve_settings("demo", SHORT_SETTINGS), torch.device("cpu"))
+    with torch.no_grad():
+        logits = model.eval()(data.normalize(data.test_x)).float()
+    expected = round(torch.nn.functional.cross_entropy(logits, data.test_y).item(), 6)
+    assert json.loads((fp32 / "metrics.json").read_text())["test_loss"] == expected
+    assert json.loads((tmp_path / "bf16" / "metrics.json").read_text())["test_loss"] != expected
+
+
+def test_each_rank_draws_its_own_cuda_stream() -> None:
+    seeds = {rank_seed(seed, rank) for seed in range(3) for rank in range(8)}
+    assert len(seeds) == 24  # distinct across ranks and seeds
+
+
+# ---------------------------------------------------------------------------------------------------- CUDA
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_a_checkpoint_carries_the_training_devices_rng_state(digits_dir: Path, tmp_path: Path) -> None:
+    """--device cuda:N: the CUDA generator saved and restored is device N's (not GPU 0's), one per rank."""
+    device = torch.device("cuda", torch.cuda.device_count() - 1)
+    settings = resolve_settings("demo", SHORT_SETTINGS)
+    model, optimizer, _, runtime = build_training("resnet8", settings, load_prepared(digits_dir), device, 0)
+    job = Job("resnet8", 0, settings, "id", tmp_path, {"name": "digits", "sha256": ""}, 10, 1, 8)
+    run = Run(job, model, optimizer, runtime, lambda: None)
+    torch.cuda.manual_seed(7)  # the current device's stream
+    torch.randn(5, device=device)
+    state = torch.cuda.get_rng_state(device)
+    run.save_checkpoint()
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert len(saved["rng_cuda"]) == 1 and torch.equal(saved["rng_cuda"][0], state)
+    torch.randn(5, device=device)  # move on, then restore
+    run.restore_cuda_rng(saved["rng_cuda"], saved["world_size"])
+    assert torch.equal(torch.cuda.get_rng_state(device), state)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_the_gpu_bf16_choice_follows_its_compute_capability() -> None:
+    capability = torch.cuda.get_device_capability(0)
+    runtime = choose_runtime(resolve_settings("cifar_paper", {}), torch.device("cuda", 0))
+    assert runtime.bf16 == (capability >= (8, 0)), (capability, runtime.note)

@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
-from .core import pick_device
 from .data import load_prepared
 from .errors import DataError
 from .evaluate import load_trained_model
 from .models import response_layers
 from .runfiles import atomic_write_bytes
+from .runtime import pick_device
 from .settings import TrainSettings
 from .train import DeviceData
 

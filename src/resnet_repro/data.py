@@ -18,7 +18,6 @@ import io
 import json
 import os
 import pickle
-import shutil
 import sys
 import tarfile
 import tempfile
@@ -36,6 +35,15 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
+from .runfiles import (
+    NO_SPACE,
+    NOT_ALLOWED,
+    atomic_directory,
+    atomic_write_bytes,
+    atomic_writer,
+    open_input,
+    output_error,
+)
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,8 @@ ARCHIVES: dict[str, ArchiveSpec] = {
 }
 
 # Paper section 4.2: 4-pixel padding, random crop, horizontal flip. Digits are 8x8 and not mirror-symmetric.
-AUGMENT_DEFAULTS = {"cifar": {"pad": 4, "flip": True}, "digits": {"pad": 1, "flip": False}}
+CIFAR_AUGMENT = {"pad": 4, "flip": True}
+AUGMENT_DEFAULTS = {"cifar": CIFAR_AUGMENT, "digits": {"pad": 1, "flip": False}}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
 
@@ -102,7 +111,7 @@ def _open_source(source: str, timeout: float) -> tuple[io.BufferedIOBase, int | 
         return response, int(length) if length else None
     if not path.is_file():
         raise DataError(f"source file not found: {path}")
-    return open(path, "rb"), path.stat().st_size
+    return open_input(path, "source file"), path.stat().st_size
 
 
 class _Progress:
@@ -148,7 +157,6 @@ def fetch(
     destination = Path(destination)
     if destination.is_file() and (md5 is None or file_digest(destination) == md5):
         return destination
-    destination.parent.mkdir(parents=True, exist_ok=True)
     attempt = 0
     while True:
         attempt += 1
@@ -166,24 +174,18 @@ def fetch(
 def _fetch_once(source: str, destination: Path, md5: str | None, timeout: float, quiet: bool) -> Path:
     stream, total = _open_source(source, timeout)
     digest = hashlib.md5()
-    handle = tempfile.NamedTemporaryFile(
-        dir=destination.parent, prefix=f".{destination.name}.", suffix=".part", delete=False
-    )
-    temporary = Path(handle.name)
-    try:
-        progress = None if quiet else _Progress(f"fetch {destination.name}", total)
-        done = 0
-        with stream, handle:
-            for chunk in iter(lambda: stream.read(1 << 20), b""):
-                handle.write(chunk)
-                digest.update(chunk)
-                done += len(chunk)
-                if progress:
-                    progress.update(done)
-            handle.flush()
-            os.fsync(handle.fileno())
+    progress = None if quiet else _Progress(f"fetch {destination.name}", total)
+    done = 0
+    with stream, atomic_writer(destination, suffix=".part") as handle:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            handle.write(chunk)
+            digest.update(chunk)
+            done += len(chunk)
+            if progress:
+                progress.update(done)
         if progress:
             progress.update(done, final=True)
+        # A failure raised here leaves the partial file unrenamed, and atomic_writer removes it.
         if total is not None and done != total:
             raise DataError(f"{source}: truncated transfer, got {done} of {total} bytes; nothing was kept")
         actual = digest.hexdigest()
@@ -192,10 +194,7 @@ def _fetch_once(source: str, destination: Path, md5: str | None, timeout: float,
                 f"{source}: checksum mismatch: expected md5 {md5}, got {actual} ({done} bytes); "
                 "the file is corrupt or truncated and nothing was kept"
             )
-        os.replace(temporary, destination)
-        return destination
-    finally:
-        temporary.unlink(missing_ok=True)
+    return destination
 
 
 # ------------------------------------------------------------------------------------------------- extraction
@@ -214,27 +213,35 @@ def _check_member(member: tarfile.TarInfo, root: Path) -> None:
             raise DataError(f"unsafe archive: link {name!r} -> {member.linkname!r} points outside the target folder")
 
 
+@contextmanager
+def reading_archive(archive: Path, out: Path) -> Iterator[tarfile.TarFile]:
+    """A tar archive opened for reading into `out`: a missing, unreadable or corrupt archive (found on opening or
+    later, while reading) is one DataError line; a full disk while the block writes is one OutputError line."""
+    try:
+        with tarfile.open(archive) as tar:
+            yield tar
+    except OSError as error:
+        if error.errno in NO_SPACE:
+            raise output_error(Path(out), error) from None
+        raise DataError(f"cannot read archive {archive}: {_first_line(error)}") from None
+    except (tarfile.TarError, EOFError, zlib_error()) as error:
+        raise DataError(f"cannot read archive {archive}: {_first_line(error)}") from None
+
+
+def _first_line(error: Exception) -> str:
+    """One line of an error: tarfile lists every compression it tried on lines of their own."""
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    return lines[0].rstrip(":") + (" as tar, tar.gz, tar.bz2 or tar.xz" if len(lines) > 1 else "")
+
+
 def safe_extract(archive: Path, target: Path) -> Path:
     """Extract a tar archive into `target` after checking every member; all or nothing."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.extract-"))
-    try:
-        try:
-            with tarfile.open(archive) as tar:
-                members = tar.getmembers()
-                for member in members:
-                    _check_member(member, staging)
-                tar.extractall(staging, members=members, filter="data")
-        except (tarfile.TarError, EOFError, OSError, zlib_error()) as error:
-            raise DataError(f"cannot read archive {archive}: {error}") from None
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-        return target
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    with atomic_directory(target) as staging, reading_archive(archive, target) as tar:
+        members = tar.getmembers()
+        for member in members:
+            _check_member(member, staging)
+        tar.extractall(staging, members=members, filter="data")
+    return Path(target)
 
 
 def zlib_error() -> type[Exception]:
@@ -264,14 +271,19 @@ class _CifarUnpickler(pickle.Unpickler):
         raise DataError(f"refusing to unpickle {module}.{name}: not part of the CIFAR format")
 
 
-def _unpickle(path: Path) -> dict:
+def _unpickle(path: Path, *keys: bytes) -> dict:
+    """One CIFAR pickle: a dict that must hold `keys`."""
     if not path.is_file():
         raise DataError(f"missing file in CIFAR archive: {path.name} (expected at {path})")
     try:
-        with open(path, "rb") as handle:
-            return _CifarUnpickler(handle, encoding="bytes").load()
+        with open_input(path, "CIFAR file") as handle:
+            batch = _CifarUnpickler(handle, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError) as error:
         raise DataError(f"corrupt CIFAR file {path}: {error}") from None
+    missing = [key.decode() for key in keys if not isinstance(batch, dict) or key not in batch]
+    if missing:
+        raise DataError(f"corrupt CIFAR file {path}: no {', '.join(missing)} entry (not the official python version)")
+    return batch
 
 
 def _cifar_arrays(batch: dict, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -286,15 +298,19 @@ def read_cifar(root: Path, dataset: str) -> tuple[dict[str, tuple[np.ndarray, np
     """Read an extracted official python-version archive (cifar-10-batches-py/ or cifar-100-python/)."""
     if dataset == "cifar10":
         folder = root / "cifar-10-batches-py"
-        train = [_cifar_arrays(_unpickle(folder / f"data_batch_{i}"), b"labels") for i in range(1, 6)]
-        test = _cifar_arrays(_unpickle(folder / "test_batch"), b"labels")
-        classes = [c.decode() for c in _unpickle(folder / "batches.meta")[b"label_names"]]
+        train = [
+            _cifar_arrays(_unpickle(folder / f"data_batch_{i}", b"data", b"labels"), b"labels") for i in range(1, 6)
+        ]
+        test = _cifar_arrays(_unpickle(folder / "test_batch", b"data", b"labels"), b"labels")
+        classes = [c.decode() for c in _unpickle(folder / "batches.meta", b"label_names")[b"label_names"]]
         images = np.concatenate([t[0] for t in train])
         labels = np.concatenate([t[1] for t in train])
         return {"train": (images, labels), "test": test}, classes
     folder = root / "cifar-100-python"
-    splits = {s: _cifar_arrays(_unpickle(folder / s), b"fine_labels") for s in ("train", "test")}
-    classes = [c.decode() for c in _unpickle(folder / "meta")[b"fine_label_names"]]
+    splits = {
+        s: _cifar_arrays(_unpickle(folder / s, b"data", b"fine_labels"), b"fine_labels") for s in ("train", "test")
+    }
+    classes = [c.decode() for c in _unpickle(folder / "meta", b"fine_label_names")[b"fine_label_names"]]
     return splits, classes
 
 
@@ -377,27 +393,6 @@ def _content_sha256(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
     return digest.hexdigest()
 
 
-@contextmanager
-def atomic_directory(target: Path) -> Iterator[Path]:
-    """Yield a staging folder that replaces `target` only when the block succeeds."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
-    staging.chmod(0o755)  # mkdtemp makes it private; the result should be readable like any other output
-    try:
-        yield staging
-        if target.exists():
-            trash = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
-            os.replace(target, trash / "old")
-            os.replace(staging, target)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-
-
 def write_prepared(
     splits: dict[str, tuple[np.ndarray, np.ndarray]], classes: list[str], out: Path, name: str, augment: dict
 ) -> Path:
@@ -424,11 +419,9 @@ def write_prepared(
     }
     with atomic_directory(out) as staging:
         for split, (images, labels) in splits.items():
-            with open(staging / f"{split}.npz", "wb") as handle:
+            with atomic_writer(staging / f"{split}.npz") as handle:
                 np.savez(handle, images=images, labels=labels)
-                handle.flush()
-                os.fsync(handle.fileno())
-        (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        atomic_write_bytes(staging / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
     return out
 
 
@@ -444,7 +437,13 @@ def prepare(dataset: str, out: Path, raw: Path | None = None) -> Path:
         raise DataError(f"raw data not found: {raw}")
     if dataset not in (*ARCHIVES, "imagefolder"):
         raise DataError(f"unknown dataset {dataset!r}; known: cifar10, cifar100, digits, imagefolder")
-    with tempfile.TemporaryDirectory(dir=Path(out).parent if Path(out).parent.exists() else None) as scratch:
+    try:  # extraction scratch space beside the output (same file system), removed afterwards
+        scratch_folder = tempfile.TemporaryDirectory(dir=Path(out).parent if Path(out).parent.exists() else None)
+    except OSError as error:
+        if error.errno in NO_SPACE | NOT_ALLOWED:
+            raise output_error(Path(out), error) from None
+        raise
+    with scratch_folder as scratch:
         root = safe_extract(raw, Path(scratch) / "x") if raw.is_file() else raw
         splits, classes = read_cifar(root, dataset) if dataset in ARCHIVES else read_image_folder(root)
         name = dataset if dataset in ARCHIVES else Path(out).name

@@ -41,13 +41,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import core
+from .core import Job, Run
 from .errors import ConfigError, ReproError
 from .imagenet import Augment, EpochSampler, Index, TestImages, TrainImages, load_index, loader_options, normalizer
 from .models import build_model
-from .settings import DistributedOptions, TrainSettings, settings_hash
-
-DEFAULT_PORT_BASE = 20000  # rendezvous port = base + SLURM job id % 10000: below Linux's ephemeral range
+from .progress import ProgressLog
+from .runtime import Forward, Runtime, choose_runtime, configure_backends, make_optimizer, pick_device, train_step
+from .settings import DistributedOptions, TrainSettings, per_process_batch, rendezvous_port, settings_hash
+from .world import World, stop_signals, world_from_env
 
 
 @dataclass
@@ -68,6 +69,11 @@ def run_identity(model: str, index: Index, seed: int, settings: TrainSettings, s
     checkpoint resumes on another number of GPUs."""
     run_id = settings_hash(model, index.sha256, seed, settings)
     return f"{run_id}-syncbn" if sync_bn else run_id
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """A rank's own CUDA seed: distinct across ranks and seeds (torch.manual_seed gives every device the same)."""
+    return seed * 1_000_003 + rank + 1
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):
@@ -114,10 +120,10 @@ def convert_global_bn(module: nn.Module) -> nn.Module:
 DATA_PARALLEL_COMPILE_MODES = {"cuda": "default", "cpu": "default"}
 
 
-def train_distributed(spec: DistSpec, log: core.ProgressLog | None = None) -> Path:
+def train_distributed(spec: DistSpec, log: ProgressLog | None = None) -> Path:
     """Train one run with this process as one rank (torchrun sets RANK/WORLD_SIZE/LOCAL_RANK); return model.pt."""
-    world = core.world_from_env()
-    device = core.pick_device(spec.device, world.local_rank)
+    world = world_from_env()
+    device = pick_device(spec.device, world.local_rank)
     if world.size > 1:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
@@ -126,7 +132,7 @@ def train_distributed(spec: DistSpec, log: core.ProgressLog | None = None) -> Pa
     try:
         # Before the stop handlers: starting the loader workers' server briefly ignores stop signals.
         options = loader_options(spec.workers, pin_memory=device.type == "cuda")
-        with core.stop_signals() as stop:
+        with stop_signals() as stop:
             return _train(spec, world, device, options, stop, log)
     finally:
         if world.size > 1 and dist.is_initialized():
@@ -142,8 +148,8 @@ class ImageNetSteps:
     def __init__(
         self,
         spec: DistSpec,
-        world: core.World,
-        runtime: core.Runtime,
+        world: World,
+        runtime: Runtime,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         index: Index,
@@ -159,7 +165,7 @@ class ImageNetSteps:
             train_model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None
             )
-        self.forward = core.Forward(train_model, runtime)
+        self.forward = Forward(train_model, runtime)
         self.train_set = TrainImages(index, self.augment, spec.seed)
         sampler = torch.utils.data.DistributedSampler(
             self.train_set, num_replicas=world.size, rank=world.rank, shuffle=True, seed=spec.seed, drop_last=True
@@ -190,7 +196,7 @@ class ImageNetSteps:
         x = (x + shift.to(device, non_blocking=True)[:, :, None, None]).sub_(self.mean).div_(self.std)
         if self.runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return core.train_step(self.forward, self.optimizer, self.runtime, x, y.to(device, non_blocking=True), lr)
+        return train_step(self.forward, self.optimizer, self.runtime, x, y.to(device, non_blocking=True), lr)
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
@@ -216,33 +222,31 @@ class ImageNetSteps:
 
 def _train(
     spec: DistSpec,
-    world: core.World,
+    world: World,
     device: torch.device,
     options: dict[str, Any],
     stop: Callable[[], int | None],
-    log: core.ProgressLog | None,
+    log: ProgressLog | None,
 ) -> Path:
     settings = spec.settings
     index = load_index(spec.data_dir)
-    if settings.batch_size % world.size:
-        raise ConfigError(
-            f"the global batch {settings.batch_size} does not divide into {world.size} processes; pick a batch size "
-            "that is a multiple of the number of processes"
-        )
-    runtime = core.choose_runtime(settings, device, DATA_PARALLEL_COMPILE_MODES)
-    core.configure_backends(runtime)
+    per_rank = per_process_batch(settings.batch_size, world.size)
+    synchronized_bn = spec.sync_bn and world.size > 1
+    runtime = choose_runtime(settings, device, DATA_PARALLEL_COMPILE_MODES, sync_bn=synchronized_bn)
+    configure_backends(runtime)
     augment = Augment.from_settings(settings.augment)
     torch.manual_seed(spec.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     model = build_model(spec.model, len(index.classes), 3, augment.crop, **settings.model_options)
-    if spec.sync_bn and world.size > 1:
+    if synchronized_bn:
         # CUDA: torch's fused SyncBatchNorm; CPU (gloo): the same statistics from GlobalBatchNorm2d.
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model) if device.type == "cuda" else convert_global_bn(model)
     model.to(device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = core.make_optimizer(model, settings, runtime)
-    per_rank = settings.batch_size // world.size
-    job = core.Job(
+    if device.type == "cuda":  # the weights are drawn; from here each rank's CUDA stream is its own
+        torch.cuda.manual_seed(rank_seed(spec.seed, world.rank))
+    optimizer = make_optimizer(model, settings, runtime)
+    job = Job(
         model_name=spec.model,
         seed=spec.seed,
         settings=settings,
@@ -254,7 +258,7 @@ def _train(
         image_size=augment.crop,
         runtime_extra={"world_size": world.size, "sync_bn": spec.sync_bn},
     )
-    run = core.Run(job, model, optimizer, runtime, stop, world, log)
+    run = Run(job, model, optimizer, runtime, stop, world, log)
     run.resume()  # before DDP wraps the model: it broadcasts rank 0's (resumed) weights
     steps = ImageNetSteps(spec, world, runtime, model, optimizer, index, options)
     describe = (
@@ -293,12 +297,6 @@ def _slurm_job_field(name: str) -> str | None:
     return None
 
 
-def rendezvous_port(explicit: int | None) -> int:
-    if explicit:
-        return explicit
-    return DEFAULT_PORT_BASE + int(os.environ.get("SLURM_JOB_ID", "0") or 0) % 10000
-
-
 def launch_command(
     nodes: int, nproc_per_node: int, args: list[str], port: int | None = None, agent: bool = False
 ) -> list[str]:
@@ -308,6 +306,7 @@ def launch_command(
     nodes > 1, in a SLURM allocation: srun one `launch --agent` task per node; each agent (agent=True) then runs
     torchrun with --nnodes = the step's task count and a c10d rendezvous on the step's first host."""
     train = ["-m", "resnet_repro.cli", *args]
+    port_now = rendezvous_port(port, os.environ.get("SLURM_JOB_ID"))
     if nodes == 1 and not agent:
         return [*_torchrun(), "--standalone", "--nnodes", "1", "--nproc-per-node", str(nproc_per_node), *train]
     if agent:
@@ -319,7 +318,7 @@ def launch_command(
             "--nnodes", str(tasks),
             "--nproc-per-node", str(nproc_per_node),
             "--rdzv-backend", "c10d",
-            "--rdzv-endpoint", f"{host}:{rendezvous_port(port)}",
+            "--rdzv-endpoint", f"{host}:{port_now}",
             "--rdzv-id", os.environ.get("SLURM_JOB_ID", "resnet-repro"),
             # The first task hosts the store: decided, not guessed from host names (two tasks may share a host).
             "--rdzv-conf", f"is_host={'true' if procid == 0 else 'false'}",
@@ -335,7 +334,14 @@ def launch_command(
     if cpus and cpus.isdigit():  # the step would otherwise get one CPU per task (the plugin hides the job's value)
         srun.append(f"--cpus-per-task={cpus}")
     agent_cmd = [sys.executable, "-m", "resnet_repro.cli", "launch", "--agent", "--nodes", str(nodes)]
-    agent_cmd += ["--nproc-per-node", str(nproc_per_node), "--port", str(rendezvous_port(port)), "--", *args]
+    agent_cmd += [
+        "--nproc-per-node",
+        str(nproc_per_node),
+        "--port",
+        str(port_now),
+        "--",
+        *args,
+    ]
     return [*srun, *agent_cmd]
 
 
@@ -348,13 +354,14 @@ def launch(
         raise ConfigError("--nodes and --nproc-per-node must be >= 1")
     command = launch_command(nodes, nproc_per_node, args, port, agent)
     if nodes == 1 and not agent and device in ("auto", "cuda"):
-        from .gpu import acquire_gpu_slots
+        from .gpu import acquire_gpu_slots, require_cuda
 
-        slots = acquire_gpu_slots(nproc_per_node)
+        slots = acquire_gpu_slots(nproc_per_node)  # whole devices: ImageNet jobs are never packed
         for slot in slots:
-            os.set_inheritable(slot.handle.fileno(), True)
+            slot.keep_across_exec()
         if slots:
-            print(f"using GPU slots {[s.index for s in slots]}", file=sys.stderr)
+            print(f"using GPU slots {[s.name for s in slots]}", file=sys.stderr)
+            require_cuda(slots)
     print("launch: " + " ".join(command), file=sys.stderr, flush=True)
     try:
         os.execvp(command[0], command)

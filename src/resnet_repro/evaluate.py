@@ -16,12 +16,14 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .core import choose_runtime, load_checkpoint, pick_device
 from .data import load_prepared
 from .errors import DataError
 from .models import build_model, count_parameters
-from .runfiles import write_evaluation
+from .paths import EPOCHS_FILE, HISTORY_FILE
+from .runfiles import MODEL_FORMAT, write_evaluation
+from .runtime import Runtime, configure_backends, evaluation_runtime, pick_device
 from .settings import TrainSettings
+from .state import load_checkpoint
 from .train import DeviceData, evaluate_arrays
 
 
@@ -38,7 +40,7 @@ def git_commit(where: Path | None = None) -> str:
 def load_trained_model(path: Path) -> tuple[torch.nn.Module, dict]:
     """Rebuild the model stored in a model.pt written by the trainer."""
     saved = load_checkpoint(path)
-    if saved.get("format") != 1 or "model_name" not in saved:
+    if saved.get("format") != MODEL_FORMAT or "model_name" not in saved:
         raise DataError(f"{path} is not a final model file written by `resnet-repro train`")
     model = build_model(
         saved["model_name"], saved["num_classes"], saved["in_channels"], saved["image_size"], **saved["model_options"]
@@ -71,7 +73,7 @@ def accuracy_metrics(
 
 
 def _last_train_row(run_dir: Path) -> dict[str, float]:
-    for name in ("epochs.csv", "history.csv"):
+    for name in (EPOCHS_FILE, HISTORY_FILE):
         path = run_dir / name
         if path.is_file():
             rows = list(csv.DictReader(path.open()))
@@ -80,7 +82,7 @@ def _last_train_row(run_dir: Path) -> dict[str, float]:
     return {}
 
 
-def provenance(saved: dict, eval_device: torch.device) -> dict[str, Any]:
+def provenance(saved: dict, runtime: Runtime) -> dict[str, Any]:
     """Where a result came from: code, environment, devices, seed and the run's configuration hash."""
     return {
         "package_version": __version__,
@@ -89,7 +91,8 @@ def provenance(saved: dict, eval_device: torch.device) -> dict[str, Any]:
         "python_version": platform.python_version(),
         "train_device": saved["runtime"]["device"],
         "train_runtime": saved["runtime"]["note"],
-        "eval_device": str(eval_device),
+        "eval_device": str(runtime.device),
+        "eval_runtime": runtime.note,
         "seed": saved["seed"],
         "config_hash": saved["run_id"],
         "settings": saved["settings"],
@@ -108,7 +111,8 @@ def evaluate(model_path: Path, data_dir: Path, out: Path, device: str = "auto") 
             f"{data.meta['sha256'][:12]}; evaluate it on the data it was trained with"
         )
     target = pick_device(device)
-    runtime = choose_runtime(settings, target)
+    runtime = evaluation_runtime(saved["runtime"], target)
+    configure_backends(runtime)
     model.to(target)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -127,7 +131,7 @@ def evaluate(model_path: Path, data_dir: Path, out: Path, device: str = "auto") 
         "test_images": len(labels),
         "train_images": len(data.train_labels),
         "confusion_matrix": confusion.tolist(),
-        "provenance": provenance(saved, target),
+        "provenance": provenance(saved, runtime),
     }
     write_evaluation(metrics, Path(out))
     return metrics
@@ -153,7 +157,8 @@ def evaluate_imagenet(
     settings = TrainSettings.from_dict(saved["settings"])
     augment = Augment.from_settings(settings.augment)
     target = pick_device(device)
-    runtime = choose_runtime(settings, target)
+    runtime = evaluation_runtime(saved["runtime"], target)
+    configure_backends(runtime)
     model.to(target).eval()
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -198,7 +203,7 @@ def evaluate_imagenet(
         # 1000x1000 would be megabytes of JSON, mostly zeros: kept only for small class counts.
         **({"confusion_matrix": confusion.tolist()} if len(classes) <= 100 else {}),
         "provenance": {
-            **provenance(saved, target),
+            **provenance(saved, runtime),
             "train_world_size": saved["runtime"].get("world_size", 1),
             "dataset_root": index.meta["root"],
         },

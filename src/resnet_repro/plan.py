@@ -19,11 +19,18 @@ from .catalog import CATALOG
 from .data import ARCHIVES, source_path
 from .errors import ConfigError, DataError
 from .paths import DETAILS_FILE, METRICS_FILE, RESPONSES_FILE, TRAINING_FILES, prepared_dir, run_dir
-from .settings import DistributedOptions, TrainSettings, load_schedules, resolve_settings
+from .settings import DistributedOptions, TrainSettings, load_schedules, per_process_batch, resolve_settings
 from .shell import unquotable
 
 SCHEMA_PATH = Path("workflow/schemas/config.schema.yaml")
 IMAGENET = "imagenet"
+DIGITS = "digits"  # scikit-learn's bundled digits: prepared from the package, no archive, no folder
+
+
+def reads_image_folder(dataset: str) -> bool:
+    """A dataset prepared from a local image folder (config `datasets.<name>.path`): not an official archive,
+    the bundled digits or ImageNet (indexed in place, not prepared)."""
+    return dataset not in ARCHIVES and dataset not in (DIGITS, IMAGENET)
 
 
 @dataclass(frozen=True)
@@ -153,7 +160,6 @@ def validate_config(config: dict, schema_path: Path = SCHEMA_PATH) -> None:
     if error.validator == "additionalProperties":
         extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         patterns = error.schema.get("patternProperties", {})
-        import re
 
         extra = [k for k in extra if not any(re.match(p, k) for p in patterns)] or extra
         raise ConfigError(f"config: unknown key {_format_path([*error.absolute_path, extra[0]])!r}")
@@ -244,6 +250,11 @@ def build_plan(config: dict, check_paths: bool = True, check_data: bool | None =
                         f"config: {model_where}: run {dataset}/{model}/seed{seed} is also defined by experiment "
                         f"{existing.experiment!r} with different settings; give one of them another seed"
                     )
+                elif existing.distributed != distributed:  # one run, one layout (sync_bn changes its result)
+                    raise ConfigError(
+                        f"config: {where}.distributed: run {dataset}/{model}/seed{seed} is also defined by experiment "
+                        f"{existing.experiment!r} with other distributed options; give both the same ones"
+                    )
                 runs.append(plan.runs[run.key])
         if dataset == IMAGENET:
             _check_imagenet(name, runs)
@@ -258,7 +269,7 @@ def _check_local_data(datasets: dict, used: list[str]) -> None:
     for dataset in used:
         if dataset in ARCHIVES:
             _check_local_source(datasets, dataset)
-        elif dataset not in ("digits", IMAGENET):
+        elif reads_image_folder(dataset):
             local = Path(datasets[dataset]["path"])
             if not local.exists():
                 raise ConfigError(f"config: datasets.{dataset}.path: {local} does not exist")
@@ -276,11 +287,10 @@ def _check_imagenet(experiment: str, runs: list[Run]) -> None:
         assert run.distributed is not None
         processes = run.distributed.nodes * run.distributed.processes_per_node
         where = f"config: experiments.{experiment}.models.{run.model}"
-        if run.settings.batch_size % processes:
-            raise ConfigError(
-                f"{where}: the global batch {run.settings.batch_size} does not divide into {processes} processes "
-                "(distributed.nodes x distributed.processes_per_node)"
-            )
+        try:
+            per_process_batch(run.settings.batch_size, processes)
+        except ConfigError as error:
+            raise ConfigError(f"{where}: {error} (distributed.nodes x distributed.processes_per_node)") from None
         if run.settings.augment is not None:
             from .imagenet import Augment  # torch: only for a config that sets an augmentation
 

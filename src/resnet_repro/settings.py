@@ -23,20 +23,36 @@ from .errors import ConfigError
 SCHEDULES_FILE = Path(str(resources.files("resnet_repro") / "schedules.yaml"))
 
 
+@functools.cache
+def _package_schedules() -> dict[str, dict]:
+    """schedules.yaml as written, read once per process (callers copy before changing it)."""
+    return yaml.safe_load(SCHEDULES_FILE.read_text())
+
+
+PAPER_SCHEDULE = "cifar_paper"  # TrainSettings' defaults: the paper's CIFAR protocol, as schedules.yaml states it
+
+
+def _paper(key: str) -> Any:
+    """A value of the paper's schedule: the one place it is written is schedules.yaml."""
+    value = _package_schedules()[PAPER_SCHEDULE][key]
+    return tuple(value) if isinstance(value, list) else value
+
+
 @dataclass(frozen=True)
 class TrainSettings:
-    """Every knob of a training run. Defaults are the paper's CIFAR protocol (section 4.2)."""
+    """Every knob of a training run. The schedule's defaults are the paper's CIFAR protocol (section 4.2): the
+    values of `PAPER_SCHEDULE` in schedules.yaml."""
 
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    batch_size: int = 128
-    iterations: int = 64000
-    milestones: tuple[int, ...] = (32000, 48000)
-    gamma: float = 0.1
+    lr: float = _paper("lr")
+    momentum: float = _paper("momentum")
+    weight_decay: float = _paper("weight_decay")
+    batch_size: int = _paper("batch_size")
+    iterations: int = _paper("iterations")
+    milestones: tuple[int, ...] = _paper("milestones")
+    gamma: float = _paper("gamma")
     # {"lr": 0.01, "until_train_error": 0.8}: the ResNet-110 warm-up; None for none.
     warmup: dict | None = None
-    eval_every: int = 1000
+    eval_every: int = _paper("eval_every")
     checkpoint_every: int | None = None  # default: every evaluation
     check_every: int = 50  # NaN and warm-up checks (each costs one device sync)
     split: str = "test"  # "test": 50k/10k as reported; "val": the paper's 45k/5k split
@@ -44,7 +60,8 @@ class TrainSettings:
     augment: dict | None = None  # {"pad": 4, "flip": True}; None: the dataset's defaults
     precision: str = "auto"  # auto: bf16 autocast where the device has fast bf16, else fp32; or fp32 / bf16
     channels_last: str = "auto"  # auto: with bf16; or "on" / "off"
-    # auto: on for runs of >= 2000 iterations on CUDA, >= core.CPU_COMPILE_MIN_ITERATIONS on CPU; or "on" / "off"
+    # auto: on for runs of at least COMPILE_MIN_ITERATIONS[device type] iterations (CUDA_COMPILE_MIN_ITERATIONS,
+    # CPU_COMPILE_MIN_ITERATIONS: the runtime choice, runtime.py); or "on" / "off"
     compile: str = "auto"
     model_options: dict = field(default_factory=dict)  # e.g. {"width": 512} for fc20/fc56
 
@@ -126,36 +143,73 @@ class DistributedOptions:
     sync_bn: bool = False  # SyncBatchNorm: BN over the global batch (results independent of the process count)
 
 
-@functools.cache
-def _package_schedules() -> dict[str, dict]:
-    """schedules.yaml as written, read once per process (callers copy before changing it)."""
-    return yaml.safe_load(SCHEDULES_FILE.read_text())
+def per_process_batch(batch_size: int, processes: int) -> int:
+    """Each process's share of a data-parallel run's global batch; a ConfigError when it does not divide."""
+    if batch_size % processes:
+        raise ConfigError(
+            f"the global batch {batch_size} does not divide into {processes} processes; pick a batch size that is "
+            "a multiple of the number of processes"
+        )
+    return batch_size // processes
+
+
+# A multi-node run's rendezvous port without --port: base + SLURM job id % span, so that concurrent jobs differ and
+# all stay below Linux's ephemeral range (32768 and up).
+RENDEZVOUS_PORT_BASE = 20000
+RENDEZVOUS_PORT_SPAN = 10000
+
+
+def rendezvous_port(explicit: int | None, slurm_job_id: str | None) -> int:
+    """The rendezvous port: `explicit` (launch --port) where given, else the one derived from the SLURM job id."""
+    if explicit:
+        return explicit
+    return RENDEZVOUS_PORT_BASE + int(slurm_job_id or 0) % RENDEZVOUS_PORT_SPAN
 
 
 def load_schedules(extra: dict[str, dict] | None = None) -> dict[str, dict]:
     """The package's named schedules, extended or overridden by `extra` (config.yaml's `schedules:`), with every
-    scaled schedule (`scaled_from`, `scale`) expanded into plain values."""
+    schedule that extends a base (`base`, optionally `scale`) resolved into plain values."""
     schedules = {**copy.deepcopy(_package_schedules()), **(extra or {})}
-    return {name: _expand_scaled(name, values, schedules) for name, values in schedules.items()}
+    return {name: _resolve_base(name, schedules) for name in schedules}
+
+
+def _base_chain(name: str, schedules: dict[str, dict]) -> list[str]:
+    """`name`, the schedule it extends, that one's base, ...: the schedules whose values make up `name`."""
+    chain = [name]
+    while (base := (schedules.get(chain[-1]) or {}).get("base")) is not None:
+        if base in chain:
+            raise ConfigError(f"schedule {name!r}: its bases loop ({' -> '.join([*chain, base])})")
+        if base not in schedules:
+            raise ConfigError(
+                f"schedule {chain[-1]!r}: base {base!r} is not a schedule; known: {', '.join(sorted(schedules))}"
+            )
+        chain.append(base)
+    return chain
 
 
 def schedule_keys(name: str) -> list[str]:
-    """The keys of the package's schedules.yaml whose values make up schedule `name` (itself, and the schedule it
-    is scaled from): what a DVC stage tracks as its params."""
-    source = (_package_schedules().get(name) or {}).get("scaled_from")
-    return [name, source] if source else [name]
+    """The keys of the package's schedules.yaml whose values make up schedule `name` (itself, and the schedules it
+    extends): what a DVC stage tracks as its params."""
+    schedules = _package_schedules()
+    return _base_chain(name, schedules) if name in schedules else [name]
 
 
-def _expand_scaled(name: str, values: dict, schedules: dict[str, dict]) -> dict:
-    """`{scaled_from: S, scale: k, ...}`: schedule S with its iterations and milestones divided by k (exactly), then
-    the entry's own values. One stated factor keeps a short schedule the same protocol as its source."""
-    if "scaled_from" not in values:
+def _resolve_base(name: str, schedules: dict[str, dict]) -> dict:
+    """`{base: S, scale: k, ...}`: schedule S (resolved first), its iterations and milestones divided by k
+    (exactly) where `scale` is given, then the entry's own values. A variant states only what it changes, and one
+    stated factor keeps a short schedule the same protocol as its source."""
+    values = schedules[name]
+    if "base" not in values:
+        if "scale" in values:
+            raise ConfigError(f"schedule {name!r}: scale needs a base schedule to scale")
         return values
+    _base_chain(name, schedules)  # a loop or a missing base: one clear line
     own = dict(values)
-    source, factor = own.pop("scaled_from"), own.pop("scale", None)
-    base = schedules.get(source)
-    if base is None or "scaled_from" in base:
-        raise ConfigError(f"schedule {name!r}: scaled_from {source!r} must name a plain schedule")
+    source = own.pop("base")
+    base = _resolve_base(source, schedules)
+    if "scale" not in own:
+        return {**base, **own}
+    factor = own.pop("scale")
     if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
         raise ConfigError(f"schedule {name!r}: scale must be a positive integer (got {factor!r})")
     lengths = [base["iterations"], *base.get("milestones", [])]

@@ -16,8 +16,9 @@ from .catalog import CATALOG
 from .data import ARCHIVES
 from .errors import ConfigError
 from .paths import DATA_DIR, prepared_dir, raw_archive
-from .plan import IMAGENET, Plan, Run
+from .plan import DIGITS, IMAGENET, Plan, Run, reads_image_folder
 from .render.outputs import render_stages
+from .runfiles import atomic_write_bytes
 from .settings import schedule_keys
 from .shell import command
 from .sources import command_sources
@@ -31,8 +32,14 @@ REPO_SCHEDULES = "src/resnet_repro/schedules.yaml"
 
 
 # Rough milliseconds per iteration on one current datacenter GPU at the schedule's batch size, by model family;
-# SLURM wall times are 2x the estimate plus 15 minutes (a model depth scales the CIFAR nets linearly).
-MS_PER_ITERATION = {"cifar_layer": 0.25, "cifar_resnet": 12.0, "vgg": 10.0, "fc": 1.0, "imagenet": 120.0}
+# SLURM wall times are 2x the estimate plus 15 minutes. The catalogue depth scales the 6n+2 CIFAR nets and the
+# ImageNet ResNets linearly: 4 ms per layer at batch 256 is about what an A100 in TF32 is commonly quoted at
+# (ResNet-18 ~3000 images/s, ResNet-50 ~1200, ResNet-152 ~450; not measured here).
+MS_PER_ITERATION = {"cifar_layer": 0.25, "cifar_resnet": 12.0, "vgg": 10.0, "fc": 1.0, "imagenet_layer": 4.0}
+
+# sbatch flags of every training job (the train rule and ImageNet's): SIGTERM 5 minutes before the time limit, so
+# the trainer checkpoints and a retry resumes; append keeps the log of every attempt in one file.
+SLURM_TRAIN_EXTRA = "--signal=TERM@300 --open-mode=append"
 
 
 def train_resources(run: Run) -> dict[str, int]:
@@ -43,7 +50,8 @@ def train_resources(run: Run) -> dict[str, int]:
     elif entry.kind == "vgg":
         per_iteration = MS_PER_ITERATION["vgg"]
     elif entry.family == "imagenet":
-        per_iteration = MS_PER_ITERATION["imagenet"]
+        assert entry.depth, f"catalogue entry {run.model} has no depth"
+        per_iteration = MS_PER_ITERATION["imagenet_layer"] * entry.depth
     elif entry.args.get("widths") == (16, 32, 64) and entry.depth:
         per_iteration = MS_PER_ITERATION["cifar_layer"] * entry.depth
     else:
@@ -103,8 +111,36 @@ def imagenet_resources(run: Run) -> dict[str, Any]:
         "tasks": nodes if multi else None,
         "tasks_per_gpu": 0 if multi else None,  # else the plugin turns `tasks` into --ntasks-per-gpu
         # SLURM gives each of the N nodes at least one of the N tasks: one torchrun agent per node.
-        "slurm_extra": "--signal=TERM@300 --open-mode=append",
+        "slurm_extra": SLURM_TRAIN_EXTRA,
     }
+
+
+def training_resources(run: Run) -> dict[str, Any]:
+    """What a run's training job asks for: the data-parallel layout's (ImageNet) or one GPU's."""
+    return imagenet_resources(run) if run.distributed is not None else train_resources(run)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def experiment_needs(plan: Plan, experiment: str) -> str:
+    """One line on what an enabled experiment's training jobs ask the scheduler for: GPUs and nodes per job, memory
+    per node, the longest wall-time limit and the GPU-hours of all the limits together (limits, 2x the estimate:
+    an upper bound, not a prediction)."""
+    jobs = [(run, training_resources(run)) for run in plan.experiments[experiment]]
+    if not jobs:
+        return "no training jobs (every model disabled)"
+    longest_run, longest = max(jobs, key=lambda job: job[1]["runtime"])
+    gpus = max(resources["gpu"] for _, resources in jobs)
+    nodes = max(resources.get("nodes") or 1 for _, resources in jobs)
+    memory = max(resources["mem_mb"] for _, resources in jobs)
+    gpu_hours = sum(resources["gpu"] * resources["runtime"] / 60 for _, resources in jobs)
+    return (
+        f"{_count(len(jobs), 'training job')} of up to {_count(gpus, 'GPU')} on {_count(nodes, 'node')}, "
+        f"{memory / 1000:g} GB memory per node, wall time up to {longest['runtime'] / 60:.1f} h "
+        f"({longest_run.model}); {gpu_hours:,.1f} GPU-hours requested in all"
+    )
 
 
 def archive_file(dataset: str) -> str:
@@ -125,7 +161,7 @@ def prepare_inputs(dataset: str, config: dict | None = None) -> list[str]:
     if dataset in ARCHIVES:
         return [archive_file(dataset)]
     local = ((config or {}).get("datasets", {}).get(dataset) or {}).get("path")
-    return [local] if local and dataset not in ("digits", IMAGENET) else []
+    return [local] if local and reads_image_folder(dataset) else []
 
 
 def _schedule_param(run: Run, config: dict) -> dict[str, list[str]]:
@@ -176,9 +212,9 @@ def dvc_stages(plan: Plan) -> dict[str, dict]:
                 "deps": [archive_file(dataset)],
                 "outs": [prepared_dir(dataset)],
             }
-        elif dataset == "digits":
-            stages["prepare-digits"] = {
-                "cmd": command("resnet-repro", "prepare", "digits", "--out", prepared_dir(dataset)),
+        elif dataset == DIGITS:
+            stages[f"prepare-{DIGITS}"] = {
+                "cmd": command("resnet-repro", "prepare", DIGITS, "--out", prepared_dir(dataset)),
                 "outs": [prepared_dir(dataset)],
             }
         else:
@@ -260,7 +296,5 @@ def sync_dvc_yaml(plan: Plan, path: Path | str = "dvc.yaml") -> bool:
     text = dvc_yaml_text(plan)
     if path.is_file() and path.read_text() == text:
         return False
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    temporary.replace(path)
+    atomic_write_bytes(path, text.encode())
     return True

@@ -10,11 +10,13 @@ Files in the run folder:
 Everything that must be bitwise reproducible (model.pt, the losses and errors) is independent of timing.
 
 This module holds the trainer's data and step code; the run itself (runtime choice, resume, checks, cadence,
-files) is resnet_repro.core's, shared with the data-parallel trainer (distributed.py).
+files) is resnet_repro.core's, shared with the data-parallel trainer (distributed.py), and its steps run as
+resnet_repro.runtime chooses.
 
 Speed: the whole prepared dataset lives on the training device and batches are augmented there (StepRunner); bf16
 autocast and channels-last where the device has fast bf16 (CUDA; CPUs with AMX or AVX512-BF16); on CUDA also
-cudnn.benchmark, a fused SGD step and, for runs of >= 2000 iterations, torch.compile with CUDA graphs (core.py).
+cudnn.benchmark, a fused SGD step and, for runs long enough to repay compilation (runtime.COMPILE_MIN_ITERATIONS),
+torch.compile with CUDA graphs.
 Reproducibility: on CPU the default path is bitwise reproducible for a given thread count (tests/test_speed.py).
 On CUDA, cudnn.benchmark's algorithm choice and atomic adds in some backward kernels make two runs agree to noise,
 not to the bit; `precision: fp32` does not change that, and `compile: off` only removes compile's own choices.
@@ -30,22 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .core import (
-    Forward,
-    Job,
-    ProgressLog,
-    Run,
-    Runtime,
-    choose_runtime,
-    configure_backends,
-    make_optimizer,
-    pick_device,
-    stop_signals,
-    train_step,
-)
-from .data import PreparedData, load_prepared
+from .core import Job, Run
+from .data import CIFAR_AUGMENT, PreparedData, load_prepared
 from .models import build_model
+from .progress import ProgressLog
+from .runtime import Forward, Runtime, choose_runtime, configure_backends, make_optimizer, pick_device, train_step
 from .settings import TrainSettings, settings_hash
+from .world import stop_signals
 
 
 # ------------------------------------------------------------------------------------------- augmentation
@@ -66,7 +59,7 @@ class DeviceData:
         else:
             self.std = torch.ones_like(self.mean[:, :, :1, :1])
         del pixels
-        augment = {**data.meta.get("augment", {"pad": 4, "flip": True}), **(settings.augment or {})}
+        augment = {**data.meta.get("augment", CIFAR_AUGMENT), **(settings.augment or {})}
         self.pad, self.flip = int(augment["pad"]), bool(augment["flip"])
         self.device = device
 

@@ -2,6 +2,7 @@
 
 from snakemake.exceptions import WorkflowError
 
+from resnet_repro import gpu as _gpu
 from resnet_repro.render import outputs as _outputs
 
 _REPORT = {item.path: item for item in _outputs.report_items(PLAN) + _outputs.summary_report_items()}
@@ -32,3 +33,19 @@ def _cores():
 def _imagenet_resources(wildcards):
     """Resources of an ImageNet training job (see resnet_repro.stages.imagenet_resources)."""
     return stages.imagenet_resources(PLAN.run("imagenet", wildcards.model, wildcards.seed))
+
+
+# Several small runs per GPU (config gpu_runs_per_device): locally only, where `--resources gpu=N` also bounds the
+# derived gpu_slots resource to N x runs per GPU (resnet_repro.gpu.job_resources).
+_GPU_RUNS = _gpu.setup_snakemake(workflow, config, local=_cores() is not None)
+
+
+def _gpu_resources(gpus, packable=True):
+    """gpu and gpu_slots of a job needing `gpus` GPUs (packable: a small CIFAR job that may share one)."""
+    return _gpu.job_resources(gpus, _GPU_RUNS, packable)
+
+
+def _train_gpu(wildcards):
+    """gpu and gpu_slots of a CIFAR training job."""
+    run = PLAN.run(wildcards.dataset, wildcards.model, wildcards.seed)
+    return _gpu_resources(stages.train_resources(run)["gpu"])

@@ -1,5 +1,5 @@
-# Training and evaluation: one job per run (dataset, model, seed). Training jobs take one GPU each; the trainer
-# picks a free GPU slot itself (see resnet_repro.gpu), or uses the CUDA_VISIBLE_DEVICES a scheduler set.
+# Training and evaluation: one job per run (dataset, model, seed). Each takes one GPU (or, with gpu_runs_per_device,
+# one slot of a shared GPU); the job picks a free GPU slot itself (see resnet_repro.gpu).
 
 from resnet_repro import paths, sources
 
@@ -15,20 +15,20 @@ rule train:
         f"{paths.prepared_dir()}/meta.json",
         code=sources.subcommand_files("train"),
     output:
-        model=paths.run_file("model.pt"),
-        history=paths.run_file("history.csv"),
-        epochs=paths.run_file("epochs.csv"),
+        model=paths.run_file(paths.MODEL_FILE),
+        history=paths.run_file(paths.HISTORY_FILE),
+        epochs=paths.run_file(paths.EPOCHS_FILE),
     log:
         "logs/train/{dataset}/{model}/seed{seed}.log",
     threads: lambda w: stages.train_threads(PLAN, PLAN.run(w.dataset, w.model, w.seed), _cores())
     resources:
-        gpu=lambda w: stages.train_resources(PLAN.run(w.dataset, w.model, w.seed))["gpu"],
+        gpu=lambda w: _train_gpu(w)["gpu"],
+        gpu_slots=lambda w: _train_gpu(w)[_gpu.SLOTS_RESOURCE],
         runtime=lambda w: stages.train_resources(PLAN.run(w.dataset, w.model, w.seed))["runtime"],
         mem_mb=lambda w: stages.train_resources(PLAN.run(w.dataset, w.model, w.seed))["mem_mb"],
         cpus_per_task=lambda w, threads: threads,
-        # On SLURM: SIGTERM 5 minutes before the time limit, so the trainer checkpoints and a retry resumes;
-        # append keeps the log of every attempt in one file.
-        slurm_extra="--signal=TERM@300 --open-mode=append",
+        # On SLURM: a checkpoint before the time limit, and every attempt's log in one file.
+        slurm_extra=stages.SLURM_TRAIN_EXTRA,
     params:
         stage="train-{dataset}-{model}-seed{seed}",
         # The resolved settings: Snakemake reruns a job whose settings changed in config.yaml.
@@ -39,9 +39,9 @@ rule train:
 
 rule evaluate:
     input:
-        paths.run_file("model.pt"),
-        paths.run_file("history.csv"),
-        paths.run_file("epochs.csv"),
+        paths.run_file(paths.MODEL_FILE),
+        paths.run_file(paths.HISTORY_FILE),
+        paths.run_file(paths.EPOCHS_FILE),
         f"{paths.prepared_dir()}/meta.json",
         code=sources.subcommand_files("evaluate"),
     output:
@@ -50,6 +50,10 @@ rule evaluate:
     log:
         "logs/evaluate/{dataset}/{model}/seed{seed}.log",
     threads: 1
+    resources:
+        # a GPU slot like training (the job takes one where there is a GPU; see resnet_repro.gpu)
+        gpu=_gpu_resources(1)["gpu"],
+        gpu_slots=_gpu_resources(1)[_gpu.SLOTS_RESOURCE],
     params:
         stage="evaluate-{dataset}-{model}-seed{seed}",
     shell:

@@ -1,0 +1,235 @@
+"""How a training step runs on its device: the runtime choice (precision, layout, compile, fused SGD) and the step.
+
+`choose_runtime` decides, from a run's settings and its device, what its steps run as; `Forward` is the training
+forward pass (compiled when chosen, eager after a fallback) and `train_step` one SGD step through it. The run
+(resnet_repro.core) guards the first compiled steps and falls back to eager when they fail.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import ConfigError, DataError
+from .settings import TrainSettings
+
+# torch.compile's mode per device type. On CUDA, "reduce-overhead" replays each compiled step as a CUDA graph:
+# a CIFAR ResNet step at batch 128 is a few hundred small kernels, so kernel launches, not math, bound it there.
+# The environment variable RESNET_REPRO_COMPILE_MODE overrides it (e.g. "max-autotune-no-cudagraphs"); speed only,
+# so it is not part of a run's identity.
+COMPILE_MODES = {"cuda": "reduce-overhead", "cpu": "default"}
+COMPILE_MODE_ENV = "RESNET_REPRO_COMPILE_MODE"
+# `compile: auto` compiles runs of at least this many iterations: compilation (a minute or more) must pay for itself.
+CUDA_COMPILE_MIN_ITERATIONS = 2000
+# Measured on the 2-core reference CPU (AVX512-BF16, bf16 channels-last, `bench_train.py --compile`): compiling took
+# 53 s (ResNet-20) and 49 s (ResNet-56) and made a step 15% and 10% faster, so it pays back after 2,146 and 731
+# iterations; auto compiles at twice the larger. The short experiment (2,000 iterations a run) stays eager.
+CPU_COMPILE_MIN_ITERATIONS = 5000
+COMPILE_MIN_ITERATIONS = {"cuda": CUDA_COMPILE_MIN_ITERATIONS, "cpu": CPU_COMPILE_MIN_ITERATIONS}
+# Compiled steps that can still fail, counted from the first: compilation happens in the first call; CUDA-graph
+# trees run that call as a warm-up, record the graphs on the second and first replay them on the third. A failure
+# in any of them is undone and the step retaken eagerly (resnet_repro.core).
+GUARDED_STEPS = {"cudagraphs": 3, "other": 1}
+# bf16 runs natively (tensor cores) from compute capability 8.0 (Ampere) on; older GPUs emulate it, slower than fp32.
+CUDA_NATIVE_BF16 = (8, 0)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    bf16: bool
+    channels_last: bool
+    compile: bool
+    note: str  # why these were chosen, for the log and provenance
+    compile_mode: str = "default"
+    fused_sgd: bool = False  # one fused optimizer kernel for all parameters (CUDA)
+    compile_fallback: str | None = None  # why a compile that was chosen was abandoned for eager
+
+    def autocast(self):
+        if not self.bf16:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    @property
+    def cudagraphs(self) -> bool:
+        """Compiled steps replay as CUDA graphs: each step must be marked (torch.compiler.cudagraph_mark_step_begin)."""
+        return self.compile and self.device.type == "cuda" and "reduce-overhead" in self.compile_mode
+
+    @property
+    def guarded_steps(self) -> int:
+        """How many compiled steps, from the first, may still fail (and are retaken eagerly if they do)."""
+        if not self.compile:
+            return 0
+        return GUARDED_STEPS["cudagraphs" if self.cudagraphs else "other"]
+
+    def fell_back(self, reason: str, iteration: int) -> Runtime:
+        """This runtime after a failed compile: eager from `iteration` on, and saying so."""
+        kept = self.note.rsplit(", ", 1)[0]  # the precision and layout parts; the last part is the compile choice
+        note = f"{kept}, eager (compile ({self.compile_mode}) failed at iteration {iteration}: {reason})"
+        return dataclasses.replace(self, compile=False, note=note, compile_fallback=reason)
+
+    def record(self) -> dict[str, Any]:
+        """What ran, for model.pt's provenance."""
+        return {
+            "device": str(self.device),
+            "note": self.note,
+            "precision": "bf16" if self.bf16 else "fp32",
+            "channels_last": self.channels_last,
+            "compile": self.compile,
+            "compile_mode": self.compile_mode if self.compile else None,
+            "compile_fallback": self.compile_fallback,
+            "fused_sgd": self.fused_sgd,
+        }
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX512-BF16: bf16 convolutions are then about twice as fast as fp32 on CPU."""
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def has_fast_bf16(device: torch.device, cuda_capability: tuple[int, int] | None = None) -> bool:
+    """Whether `device` runs bf16 natively: a CPU with AMX or AVX512-BF16, a GPU of compute capability 8.0 or newer.
+    `cuda_capability` stands in for the device's own (tests on machines without a GPU)."""
+    if device.type == "cpu":
+        return cpu_has_fast_bf16()
+    if device.type == "cuda":
+        if cuda_capability is None and not torch.cuda.is_available():
+            return False  # nothing trains there; only a runtime described for another machine asks
+        capability = cuda_capability or torch.cuda.get_device_capability(device)
+        return tuple(capability) >= CUDA_NATIVE_BF16
+    return False
+
+
+def pick_device(requested: str = "auto", local_rank: int | None = None) -> torch.device:
+    """The training device; with `local_rank` (one process per GPU) the local rank's GPU."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DataError("--device cuda requested but CUDA is not available")
+    if device.type == "cuda" and local_rank is not None:
+        return torch.device("cuda", local_rank)
+    return device
+
+
+def choose_runtime(
+    settings: TrainSettings,
+    device: torch.device,
+    compile_modes: dict[str, str] = COMPILE_MODES,
+    *,
+    sync_bn: bool = False,
+    cuda_capability: tuple[int, int] | None = None,
+) -> Runtime:
+    """What a run's steps run as on `device`. `sync_bn`: the model holds SyncBatchNorm layers, which break a
+    compiled graph at every layer (pytorch#161302), so `compile: auto` stays eager and `compile: on` is refused."""
+    if settings.precision == "auto":
+        bf16 = has_fast_bf16(device, cuda_capability)
+        note = "bf16 autocast (device has fast bf16)" if bf16 else "fp32 (no fast bf16 on this device)"
+    else:
+        bf16 = settings.precision == "bf16"
+        note = f"{settings.precision} (requested)"
+    channels_last = bf16 if settings.channels_last == "auto" else settings.channels_last == "on"
+    if sync_bn and settings.compile == "on":
+        raise ConfigError("compile: on cannot be combined with distributed.sync_bn (SyncBatchNorm breaks the graph)")
+    if settings.compile == "auto":
+        threshold = COMPILE_MIN_ITERATIONS.get(device.type)
+        compile_on = threshold is not None and settings.iterations >= threshold and not sync_bn
+    else:
+        compile_on = settings.compile == "on"
+    mode = os.environ.get(COMPILE_MODE_ENV) or compile_modes.get(device.type, "default")
+    note += f", {'channels-last' if channels_last else 'NCHW'}, {f'compiled ({mode})' if compile_on else 'eager'}"
+    # One fused kernel for all parameters on CUDA; CPU keeps the default (bitwise-stable) implementation.
+    return Runtime(device, bf16, channels_last, compile_on, note, mode, fused_sgd=device.type == "cuda")
+
+
+def evaluation_runtime(trained: dict[str, Any], device: torch.device) -> Runtime:
+    """The runtime to evaluate a trained run with on `device`: the precision and layout it was trained with (its
+    model.pt provenance, `Runtime.record`), whatever the evaluating machine would choose, so that a run's metrics do
+    not depend on where it is evaluated. Never compiled: evaluation is one pass."""
+    bf16, channels_last = trained["precision"] == "bf16", bool(trained["channels_last"])
+    note = f"{trained['precision']} (as trained), {'channels-last' if channels_last else 'NCHW'}, eager"
+    return Runtime(device, bf16, channels_last, False, note)
+
+
+def configure_backends(runtime: Runtime) -> None:
+    """Process-wide CUDA switches: cudnn.benchmark, and TF32 only where the run accepts reduced precision (bf16);
+    an fp32 run computes its convolutions and matmuls in IEEE fp32, as its provenance says."""
+    if runtime.device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution algorithm once
+    # The per-backend fp32_precision switches (not the legacy allow_tf32 ones: torch refuses a mix of both).
+    math = "tf32" if runtime.bf16 else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = math
+    torch.backends.cudnn.conv.fp32_precision = math
+
+
+def make_optimizer(model: nn.Module, settings: TrainSettings, runtime: Runtime) -> torch.optim.Optimizer:
+    """The paper's SGD with momentum and weight decay, fused where the runtime says so."""
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+        **({"fused": True} if runtime.fused_sgd else {}),
+    )
+
+
+def error_summary(error: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+class Forward:
+    """A module's training forward pass: compiled when the runtime says so, eager after `fall_back`. A compile that
+    raises at once (e.g. an unknown RESNET_REPRO_COMPILE_MODE) leaves it eager, with the reason in `error`."""
+
+    def __init__(self, module: nn.Module, runtime: Runtime) -> None:
+        self.module = module
+        self.call: Callable[[Tensor], Tensor] = module
+        self.error: str | None = None
+        if runtime.compile:
+            try:
+                # dynamic=False: the training batch has one shape; never trade speed for shape-generic kernels.
+                self.call = torch.compile(module, mode=runtime.compile_mode, dynamic=False)
+            except Exception as error:  # torch raises several types; the trainer falls back to eager
+                self.error = error_summary(error)
+
+    @property
+    def compiled(self) -> bool:
+        return self.call is not self.module
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.call(x)
+
+    def fall_back(self, reason: str) -> None:
+        self.call, self.error = self.module, reason
+
+
+def train_step(
+    forward: Forward, optimizer: torch.optim.Optimizer, runtime: Runtime, x: Tensor, y: Tensor, lr: float
+) -> tuple[Tensor, Tensor]:
+    """One SGD step on the batch (x, y) at learning rate `lr`: the loss and the number of wrong predictions, as
+    device tensors (reading them is what synchronizes)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    if forward.compiled and runtime.cudagraphs:
+        # Cudagraph trees need to know where a step begins when outputs of the last one may still be referenced.
+        torch.compiler.cudagraph_mark_step_begin()
+    with runtime.autocast():
+        logits = forward(x)
+        loss = F.cross_entropy(logits.float(), y)
+    wrong = (logits.detach().argmax(1) != y).sum()  # before backward: CUDA-graph outputs are reused memory
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), wrong

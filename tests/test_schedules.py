@@ -1,0 +1,95 @@
+"""Named schedules as data: a schedule extends a base (`base:`, optionally `scale:`) instead of repeating it, and
+resolving them gives exactly the settings they gave before they could (captured from main at cf5a823)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+from resnet_repro.errors import ConfigError
+from resnet_repro.plan import build_plan
+from resnet_repro.settings import (
+    PAPER_SCHEDULE,
+    SCHEDULES_FILE,
+    TrainSettings,
+    load_schedules,
+    resolve_settings,
+    schedule_keys,
+)
+
+BEFORE = json.loads((Path(__file__).parent / "settings_at_cf5a823.json").read_text())
+
+
+def digest(settings: TrainSettings) -> str:
+    """How settings_at_cf5a823.json names a run's settings: sha256 of to_dict() as sorted JSON, 16 hex digits."""
+    return hashlib.sha256(json.dumps(settings.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def test_every_named_schedule_resolves_to_the_settings_it_had_before_bases() -> None:
+    assert set(load_schedules()) == set(BEFORE["schedules"])
+    for name, values in BEFORE["schedules"].items():
+        assert resolve_settings(name).to_dict() == values, name
+
+
+def test_every_planned_run_keeps_its_settings() -> None:
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    plan = build_plan(config, check_paths=False)
+    now = {
+        f"{name}/{run.model}/seed{run.seed}": digest(run.settings)
+        for name, runs in plan.experiments.items()
+        for run in runs
+    }
+    assert now == BEFORE["runs"]
+
+
+def test_train_settings_defaults_are_the_papers_schedule_as_written_once() -> None:
+    assert TrainSettings().to_dict() == BEFORE["defaults"] == resolve_settings(PAPER_SCHEDULE).to_dict()
+    written = yaml.safe_load(SCHEDULES_FILE.read_text())
+    # The variants state only what they change: no schedule repeats a value it inherits from its base.
+    for name, values in written.items():
+        if "base" in values:
+            base = load_schedules()[values["base"]]
+            repeated = {k: v for k, v in values.items() if k in base and base[k] == v}
+            assert not repeated, f"{name} repeats {repeated} of {values['base']}"
+    assert written["cifar_paper_warmup"] == {"base": "cifar_paper", "warmup": {"lr": 0.01, "until_train_error": 0.8}}
+
+
+def test_a_stage_tracks_the_schedules_its_schedule_extends() -> None:
+    assert schedule_keys("cifar_short") == ["cifar_short", "cifar_paper"]
+    assert schedule_keys("cifar_paper_warmup") == ["cifar_paper_warmup", "cifar_paper"]
+    assert schedule_keys("review_fc") == ["review_fc", "review_cifar"]
+    assert schedule_keys("cifar_paper") == ["cifar_paper"]
+    assert schedule_keys("only_in_config") == ["only_in_config"]
+
+
+def test_bases_chain_and_scale_exactly() -> None:
+    extra = {
+        "half": {"base": "cifar_paper_warmup", "scale": 2, "eval_every": 500},
+        "quarter": {"base": "half", "scale": 2},
+    }
+    schedules = load_schedules(extra)
+    assert schedules["half"]["warmup"] == {"lr": 0.01, "until_train_error": 0.8}
+    assert (schedules["half"]["iterations"], schedules["half"]["milestones"]) == (32000, [16000, 24000])
+    quarter = resolve_settings("quarter", schedules=schedules)
+    assert (quarter.iterations, quarter.milestones, quarter.eval_every) == (16000, (8000, 12000), 500)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"a": {"base": "b"}, "b": {"base": "a"}}, "schedule 'a': its bases loop (a -> b -> a)"),
+        ({"a": {"base": "nowhere"}}, "schedule 'a': base 'nowhere' is not a schedule; known: "),
+        ({"a": {"scale": 2, "iterations": 10}}, "schedule 'a': scale needs a base schedule to scale"),
+        ({"a": {"base": "cifar_paper", "scale": 0}}, "schedule 'a': scale must be a positive integer (got 0)"),
+        ({"a": {"base": "cifar_paper", "scale": 7}}, "schedule 'a': scale 7 does not divide 'cifar_paper'"),
+    ],
+)
+def test_a_bad_base_is_one_clear_error(extra: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_schedules(extra)
+    assert message in str(error.value)
