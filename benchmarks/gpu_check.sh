@@ -1,30 +1,32 @@
 #!/usr/bin/env bash
-# The GPU check of issue 5, in one script for a CUDA machine (about 8 minutes at most on one H100):
+# The GPU acceptance check, in one script for a CUDA machine (within 10 minutes on one GPU; default budget 540 s):
 #   1. the GPU-marked tests;
 #   2. ResNet-20 for the paper's full schedule (64k iterations, compiled) on real CIFAR-10 JPEGs, printing the final
-#      test error and the wall time (stopped, with a checkpoint, if it would leave the benchmark too little time);
-#   3. the benchmark on the GPU with the time left: classic loop vs the project's trainer, ResNet-20/56/110
-#      (benchmarks/bench_train.py; a model whose compile would overrun is measured uncompiled, or skipped).
+#      test error and the wall time (stopped, with a checkpoint, if it would leave the later steps too little time);
+#   3. packed throughput: 1, 2, 4 and 8 ResNet-20 runs sharing the GPU (benchmarks/bench_packing.py);
+#   4. the benchmark with the time left: the classic loop vs the project's trainer (compiled with CUDA graphs and
+#      fused SGD), ResNet-20/56 (benchmarks/bench_train.py), then the same trainer eager if time is left.
 # Each step gets what is left of the budget; a step that overruns is stopped with SIGTERM (the trainer then saves a
-# checkpoint and the benchmark prints what it measured) and the summary says so.
+# checkpoint and the benchmark prints what it measured) and the summary says so. Everything ends in one JSON file,
+# summary.json, of the same shape in both modes.
 #
 # Usage: benchmarks/gpu_check.sh [--cpu-smoke] [--jpeg ARCHIVE] [--budget SECONDS] [--skip-tests] [--skip-bench]
-#                                [--skip-train]
+#                                [--skip-train] [--skip-packing]
 #   --cpu-smoke  the same steps on CPU in seconds (CI runs it): GPU tests are collected (and skip), a quick benchmark,
-#                ResNet-20 for 20 iterations on the digits data.
+#                ResNet-20 for 20 iterations on the digits data, packing of 1 and 2 runs.
 # Environment:
 #   PYTHON      interpreter (default: python3; torch must be installed; this package need not be: PYTHONPATH=src)
 #   OUT         folder for logs and results (default build/gpu_check); at most 8 files are written there
 #   CIFAR_JPEG  the CIFAR-10 JPEG archive (default .carry/cifar10-jpeg.tar.gz, else ../shared/data/cifar10-jpeg.tar.gz)
-#   GPU_CHECK_BUDGET_S  total seconds (default 480)
-#   BENCH_RESERVE_S     seconds the full-schedule run leaves for the benchmark (default 150 on GPU)
+#   GPU_CHECK_BUDGET_S  total seconds (default 540)
+#   BENCH_RESERVE_S     seconds the full-schedule run leaves for packing and the benchmark (default 200 on GPU)
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 
 MODE=gpu
-BUDGET=${GPU_CHECK_BUDGET_S:-480}
+BUDGET=${GPU_CHECK_BUDGET_S:-540}
 JPEG=${CIFAR_JPEG:-}
-RUN_TESTS=1 RUN_BENCH=1 RUN_TRAIN=1
+RUN_TESTS=1 RUN_BENCH=1 RUN_TRAIN=1 RUN_PACKING=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --cpu-smoke) MODE=cpu ;;
@@ -33,6 +35,7 @@ while [ $# -gt 0 ]; do
         --skip-tests) RUN_TESTS=0 ;;
         --skip-bench) RUN_BENCH=0 ;;
         --skip-train) RUN_TRAIN=0 ;;
+        --skip-packing) RUN_PACKING=0 ;;
         -h|--help) sed -n '2,/^set -uo/p' "$0" | grep '^#'; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -89,8 +92,9 @@ tail -n 1 "$SUMMARY"
 if [ "$MODE" = gpu ]; then
     DEVICE=cuda
     TEST_TARGET=tests
-    BENCH_ARGS=(--device cuda --rounds 3)
+    BENCH_ARGS=(--device cuda --rounds 3 --models resnet20,resnet56)
     TRAIN_ARGS=(--schedule cifar_paper)
+    PACKING_ARGS=(--device auto --runs 1,2,4,8 --iterations 400)
     if [ -z "$JPEG" ]; then
         for candidate in .carry/cifar10-jpeg.tar.gz ../shared/data/cifar10-jpeg.tar.gz; do
             [ -f "$candidate" ] && JPEG=$candidate && break
@@ -102,6 +106,7 @@ else
     TEST_TARGET=tests/test_speed.py
     BENCH_ARGS=(--device cpu --quick --threads 1 --no-jpeg --rounds 1 --window 0.2 --train-images 640)
     TRAIN_ARGS=(--schedule demo --set iterations=20 --set eval_every=10 --set "milestones=[10,15]")
+    PACKING_ARGS=(--device cpu --runs 1,2 --iterations 20)
 fi
 
 # 1. GPU-marked tests (on CPU they are collected and skipped).
@@ -133,7 +138,7 @@ if [ $RUN_TRAIN = 1 ]; then
         mv "$DEST/train.log" "$WORK/prepare.log"
         began=$SECONDS
         # Leave the benchmark BENCH_RESERVE_S (a stopped run saves a checkpoint; the summary gives its iteration).
-        limit=$(( $(left) - ${BENCH_RESERVE_S:-$([ "$MODE" = gpu ] && [ $RUN_BENCH = 1 ] && echo 150 || echo 0)} ))
+        limit=$(( $(left) - ${BENCH_RESERVE_S:-$([ "$MODE" = gpu ] && echo 200 || echo 0)} ))
         [ $limit -lt 30 ] && limit=30
         run_step "train resnet20" "$DEST/train.log" "$limit" \
             "$PY" -m resnet_repro.cli train --model resnet20 --data "$DATA" --out "$RUN" --seed 0 --device "$DEVICE" \
@@ -160,7 +165,21 @@ EOF
     fi
 fi
 
-# 3. The benchmark with the time left (it measures a model uncompiled, or skips it, where compiling would overrun).
+# 3. Packed throughput on the data prepared above (or the digits, if step 2 did not prepare any).
+if [ $RUN_PACKING = 1 ]; then
+    if [ ! -f "$WORK/data/meta.json" ]; then
+        "$PY" -m resnet_repro.cli prepare digits --out "$WORK/data" >/dev/null 2>&1
+    fi
+    packing_budget=$(( $(left) - $([ $RUN_BENCH = 1 ] && [ "$MODE" = gpu ] && echo 110 || echo 20) ))
+    [ $packing_budget -lt 30 ] && packing_budget=30
+    run_step "packing" "$WORK/packing.log" $((packing_budget + 60)) \
+        "$PY" benchmarks/bench_packing.py --data "$WORK/data" "${PACKING_ARGS[@]}" --budget "$packing_budget" \
+        --json "$DEST/packing.json"
+    sed -n '/^| runs per GPU/,$p' "$WORK/packing.log" | tee -a "$SUMMARY"
+fi
+
+# 4. The benchmark with the time left (it measures a model uncompiled, or skips it, where compiling would overrun);
+#    then, with what is still left, the same trainer eager: what compile and CUDA graphs add over fused SGD alone.
 if [ $RUN_BENCH = 1 ]; then
     bench_budget=$(( $(left) - 30 ))
     [ $bench_budget -lt 30 ] && bench_budget=30
@@ -168,6 +187,16 @@ if [ $RUN_BENCH = 1 ]; then
         "$PY" benchmarks/bench_train.py "${BENCH_ARGS[@]}" --budget "$bench_budget" --json "$DEST/bench.json"
     sed -n '/^| model/,/^$/p' "$DEST/bench.log" | tee -a "$SUMMARY"
     grep -E "^(Device|Project runtime|Classic):" "$DEST/bench.log" | tee -a "$SUMMARY"
+    if [ "$MODE" = gpu ] && [ "$(left)" -gt 60 ]; then
+        run_step "benchmark, eager" "$WORK/bench_eager.log" $(( $(left) - 10 )) \
+            "$PY" benchmarks/bench_train.py "${BENCH_ARGS[@]}" --eager-models resnet20,resnet56 \
+            --budget $(( $(left) - 40 )) --json "$WORK/bench_eager.json"
+        sed -n '/^| model/,/^$/p' "$WORK/bench_eager.log" | tee -a "$SUMMARY"
+    fi
 fi
+
+# One JSON of everything above, the same shape in both modes (what a GPU session commits under benchmarks/results/).
+"$PY" benchmarks/gpu_summary.py "$DEST" "$WORK" "$MODE" "$STATUS" "$((SECONDS - START))" | tee -a "$SUMMARY" \
+    || STATUS=1
 say "gpu_check finished in $((SECONDS - START)) s, status $STATUS"
 exit $STATUS

@@ -64,6 +64,33 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
     return FilesWithSlurmTogether(config, log)
 
 
+# What the machine's CUDA_VISIBLE_DEVICES was when the tests started (None: unset): the GPU tests get it back.
+MACHINE_CUDA_VISIBLE_DEVICES = os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cpu_for_the_session() -> Iterator[None]:
+    """Every test not marked `gpu` runs on the CPU whatever the machine has: an empty CUDA_VISIBLE_DEVICES (no GPUs,
+    no GPU slots) from the start of the session, so that module- and session-wide fixtures (a whole `snakemake all`)
+    and every process they start run on the CPU too. A test that sets its own value (cli_env(CUDA_VISIBLE_DEVICES=
+    ...)) keeps it."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("CUDA_VISIBLE_DEVICES", "")
+    yield
+    patch.undo()
+
+
+@pytest.fixture(autouse=True)
+def _machine_gpus_for_gpu_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test marked `gpu` sees the machine's GPUs, as its processes would outside the tests."""
+    if request.node.get_closest_marker("gpu") is None:
+        return
+    if MACHINE_CUDA_VISIBLE_DEVICES is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", MACHINE_CUDA_VISIBLE_DEVICES)
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"

@@ -59,6 +59,9 @@ def slurm_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{BIN_DIR}{os.pathsep}{env.get('PATH', '')}"
     env.pop("SLURM_JOB_ID", None)  # not inside a SLURM job, even if pytest itself runs in one
+    # The test cluster's GPUs are fake (character devices): a job SLURM gives one must still run on the CPU. Without
+    # this it would stop, rightly, saying that it holds a GPU that PyTorch cannot use.
+    env["RESNET_REPRO_DEVICE"] = "cpu"
     return env
 
 

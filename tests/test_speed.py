@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnet_repro.core import CPU_COMPILE_MIN_ITERATIONS, choose_runtime
 from resnet_repro.data import prepare
 from resnet_repro.runfiles import TIMING_FIELDS
+from resnet_repro.runtime import CPU_COMPILE_MIN_ITERATIONS, choose_runtime
 from resnet_repro.settings import resolve_settings
 from resnet_repro.train import RunSpec, StepRunner, build_training, train
 
@@ -165,8 +165,27 @@ def test_gpu_check_script_cpu_smoke(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = (tmp_path / "out" / "summary.txt").read_text()
-    assert "final test error" in summary and "benchmark" in summary, summary
+    assert "final test error" in summary and "benchmark" in summary and "packing" in summary, summary
     assert len(list((tmp_path / "out").iterdir())) <= 8  # what the device tool brings back from $OUT
+    # The one JSON of the acceptance check, the shape a GPU run commits under benchmarks/results/.
+    report = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert report["mode"] == "cpu" and report["status"] == 0 and report["device"]["type"] == "cpu"
+    assert set(report) == {
+        "mode",
+        "commit",
+        "device",
+        "status",
+        "seconds",
+        "gpu_tests",
+        "full_schedule",
+        "benchmark",
+        "packing",
+    }
+    assert report["gpu_tests"].get("failed", 0) == 0 and report["gpu_tests"].get("skipped", 0) > 0  # collected, skipped
+    assert report["full_schedule"]["iterations"] == 20 and 0 <= report["full_schedule"]["test_error"] <= 1
+    assert report["benchmark"]["compiled"]["models"]["resnet20"]["ratio"] > 0
+    rounds = {entry["runs"]: entry for entry in report["packing"]["rounds"]}
+    assert sorted(rounds) == [1, 2] and len(rounds[2]["images_per_s"]) == 2 and rounds[2]["ratio_to_one_run"] > 0
 
 
 # ---------------------------------------------------------------------------------------------------- CUDA
