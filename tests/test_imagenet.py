@@ -308,6 +308,76 @@ def test_missing_or_malformed_path_fails_before_any_job(tiny_imagenet: Path, tmp
     assert not (workspace / "results").exists() and not (workspace / "logs").exists()
 
 
+TABLE3_MODELS = ["plain34", "resnet34", "resnet34_b", "resnet34_c", "resnet50", "resnet101", "resnet152"]
+
+
+def shipped_config_with(path: Path, *enabled: str) -> dict:
+    """The shipped config.yaml's ImageNet experiments as they are, with datasets.imagenet.path set to `path` and the
+    named ones enabled (the other experiments and datasets left out: their data is not here)."""
+    from resnet_repro.plan import load_config
+
+    config = load_config(Path(__file__).resolve().parents[1] / "config.yaml")
+    config["datasets"] = {"imagenet": {"path": str(path)}}
+    config["experiments"] = {n: e for n, e in config["experiments"].items() if e["dataset"] == "imagenet"}
+    assert set(config["experiments"]) == {"imagenet", "imagenet_table3"}
+    config["all"] = list(enabled)
+    for name in enabled:
+        config["experiments"][name]["enabled"] = True
+    return config
+
+
+def test_table3_shares_its_runs_and_scales_wall_time_with_depth(tiny_imagenet: Path) -> None:
+    from resnet_repro.plan import build_plan
+    from resnet_repro.stages import experiment_needs, imagenet_resources
+
+    plan = build_plan(shipped_config_with(tiny_imagenet, "imagenet", "imagenet_table3"))
+    assert [run.model for run in plan.experiments["imagenet_table3"]] == TABLE3_MODELS
+    # plain-34 and ResNet-34 A are one run each, trained once for both tables.
+    assert plan.experiments["imagenet_table3"][0] is plan.experiments["imagenet"][1]
+    assert len(plan.runs) == 4 + 5
+    runtime = {m: imagenet_resources(plan.run("imagenet", m, 0))["runtime"] for m in TABLE3_MODELS}
+    assert runtime["plain34"] == runtime["resnet34"] == runtime["resnet34_c"]
+    assert runtime["resnet34"] < runtime["resnet50"] < runtime["resnet101"] < runtime["resnet152"]
+    # 600k iterations on 8 GPUs, 2x the estimate: about a day for ResNet-152, the depth ratio times ResNet-34's.
+    assert 20 < runtime["resnet152"] / 60 < 30
+    assert 4 < runtime["resnet152"] / runtime["resnet34"] < 152 / 34
+    resources = imagenet_resources(plan.run("imagenet", "resnet152", 0))
+    assert resources["gpu"] == 8 and resources["mem_mb"] == 96000
+    needs = experiment_needs(plan, "imagenet_table3")
+    assert needs.startswith("7 training jobs of up to 8 GPUs on 1 node, 96 GB memory per node, wall time up to ")
+    assert "(resnet152)" in needs
+
+
+def test_runs_shared_by_two_experiments_need_one_data_parallel_layout(tiny_imagenet: Path) -> None:
+    from resnet_repro.plan import build_plan
+
+    config = shipped_config_with(tiny_imagenet, "imagenet", "imagenet_table3")
+    config["experiments"]["imagenet_table3"]["distributed"] = {"processes_per_node": 8, "sync_bn": True}
+    with pytest.raises(
+        ConfigError, match=re.escape("experiments.imagenet_table3.distributed: run imagenet/plain34/seed0")
+    ):
+        build_plan(config)
+
+
+@pytest.mark.slow
+def test_table3_experiment_is_checked_and_planned_from_a_local_image_folder(
+    tiny_imagenet: Path, tmp_path: Path
+) -> None:
+    from test_pipeline import make_workspace, planned_jobs
+
+    workspace = make_workspace(tmp_path / "ws", shipped_config_with(tiny_imagenet, "imagenet_table3"))
+    check = run_cli("pipeline", "check", cwd=workspace).stdout
+    assert f"imagenet_table3: 7 runs: {', '.join(sorted(TABLE3_MODELS))}" in check
+    assert "  needs: 7 training jobs of up to 8 GPUs on 1 node, 96 GB memory per node" in check
+    assert planned_jobs(workspace, "imagenet_table3") == {
+        "index_imagenet": 1,
+        "train_imagenet": 7,
+        "evaluate_imagenet": 7,
+        "render_imagenet_table3": 1,
+        "imagenet_table3": 1,
+    }
+
+
 # ------------------------------------------------------------------------------------------------- DDP
 AUDIT_SCRIPT = """
 import atexit, json, os, sys
@@ -495,3 +565,45 @@ def test_provenance_names_the_runtime_that_ran(
         assert calls == [] and runtime["compile"] is False and runtime["compile_mode"] is None
         assert runtime["note"].endswith("eager" if compiled == "off" else "no C++ compiler found)")
         assert runtime["compile_fallback"] == (None if compiled == "off" else "RuntimeError: no C++ compiler found")
+
+
+FAILING_COMPILE_SCRIPT = """
+import os, sys
+import torch
+
+def compile_failing_on_rank_1(module, **options):
+    def compiled(x):
+        if os.environ.get("RANK") == "1":  # one rank only: the other is already inside DDP's gradient all-reduce
+            raise RuntimeError("Inductor build failed")
+        return module(x)
+    return compiled
+
+if __name__ == "__main__":
+    torch.compile = compile_failing_on_rank_1
+    from resnet_repro.cli import main
+    sys.exit(main())
+"""
+
+
+@pytest.mark.slow
+def test_a_compile_failure_with_several_processes_stops_the_run_cleanly(tiny_index: Path, tmp_path: Path) -> None:
+    """Falling back to eager on one rank would leave the ranks' collectives out of order (a hang until the NCCL
+    timeout): the failing rank stops the run with one line saying what to do, and torchrun ends the others."""
+    script = tmp_path / "failing_compile.py"
+    script.write_text(FAILING_COMPILE_SCRIPT)
+    started = time.monotonic()
+    result = run_in_own_group(
+        torchrun(2, [*train_args(tiny_index, tmp_path / "run"), "--set", "compile=on"], script),
+        timeout=300,
+        env=cli_env(),
+    )
+    assert result.returncode != 0 and time.monotonic() - started < 240
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    failed = [
+        line for line in errors if "failed on rank 1 at iteration 0 (RuntimeError: Inductor build failed)" in line
+    ]
+    assert len(failed) == 1, result.stderr[-3000:]
+    # Rank 0 may see its peer go (and say so, the same way) before torchrun ends it: one line each, no traceback.
+    assert all("first compiled steps failed" in line and "compile=off" in line for line in errors), errors
+    assert "resnet_repro/core.py" not in result.stderr
+    assert not (tmp_path / "run" / "model.pt").exists()

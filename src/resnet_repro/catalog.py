@@ -53,24 +53,62 @@ for depth in (8, 14, 20, 32, 44, 56, 110, 1202):
             )
         )
 
-# Paper Table 1: ImageNet forms (7x7 stem + max-pool, option B); the review's CIFAR forms (3x3 stem, no pool).
-for depth, block, layout in (
-    (18, "basic", (2, 2, 2, 2)),
-    (34, "basic", (3, 4, 6, 3)),
-    (50, "bottleneck", (3, 4, 6, 3)),
-):
-    # The review calls its CIFAR-form plain nets PlainCNN-n; the paper's ImageNet ones are plain-n.
-    for prefix, stem, form, plain in (
-        ("", "imagenet", "ImageNet form", "plain"),
-        ("cifar_", "cifar", "CIFAR form (3x3 stem, no max-pool)", "PlainCNN"),
-    ):
-        for kind, shortcut in (("resnet", "B"), ("plain", "none")):
-            if kind == "plain" and depth == 50:
-                continue
-            title = f"ResNet-{depth}, {form}, option-B shortcuts" if kind == "resnet" else f"Plain-{depth}, {form}"
-            args = {"block": block, "layout": layout, "widths": (64, 128, 256, 512), "stem": stem, "shortcut": shortcut}
-            label = f"ResNet-{depth}" if kind == "resnet" else f"{plain}-{depth}"
-            _add(ModelEntry(f"{prefix}{kind}{depth}", stem, "resnet", title, args, label=label, depth=depth))
+# Paper Table 1: the block and the blocks per stage of each ImageNet depth (64/128/256/512 channels per stage).
+IMAGENET_LAYOUTS: dict[int, tuple[str, tuple[int, ...]]] = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
+# The paper's three shortcut options (Sec. 3.3 and Table 3), as the descriptions spell them.
+SHORTCUT_WORDS = {
+    "A": "option A (zero-padded identity where dimensions grow: no extra parameters)",
+    "B": "option B (projections where dimensions grow)",
+    "C": "option C (projections on every shortcut)",
+    "none": "no shortcuts",
+}
+# Stride placement of the bottleneck nets: the paper's (and its released Caffe models'), not torchvision's.
+PAPER_BOTTLENECK = "bottleneck blocks striding their first 1x1 as the paper (torchvision's v1.5 strides the 3x3)"
+
+
+def _resnet_args(depth: int, stem: str, shortcut: str) -> dict[str, Any]:
+    block, layout = IMAGENET_LAYOUTS[depth]
+    return {"block": block, "layout": layout, "widths": (64, 128, 256, 512), "stem": stem, "shortcut": shortcut}
+
+
+def _description(depth: int, form: str, shortcut: str, note: str) -> str:
+    kind = "Plain" if shortcut == "none" else "ResNet"
+    block = f", {PAPER_BOTTLENECK}" if IMAGENET_LAYOUTS[depth][0] == "bottleneck" else ""
+    return f"{kind}-{depth}, {form}{block}, {SHORTCUT_WORDS[shortcut]}{note}"
+
+
+def _imagenet(name: str, depth: int, shortcut: str, label: str, note: str) -> None:
+    args = _resnet_args(depth, "imagenet", shortcut)
+    description = _description(depth, "ImageNet form", shortcut, f" ({note})")
+    _add(ModelEntry(name, "imagenet", "resnet", description, args, label=label, depth=depth))
+
+
+# The ImageNet forms (7x7/2 stem + max-pool). Table 2 compares plain-18/34 with option-A ResNet-18/34, which have
+# exactly their plain twins' parameters; Table 3 compares the options on ResNet-34, and option-B bottleneck nets.
+for depth, tables, option_b in ((18, "paper Table 2", ""), (34, "paper Tables 2 and 3", "paper Table 3; ")):
+    _imagenet(f"plain{depth}", depth, "none", f"plain-{depth}", tables)
+    _imagenet(f"resnet{depth}", depth, "A", f"ResNet-{depth} A", tables)
+    _imagenet(f"resnet{depth}_b", depth, "B", f"ResNet-{depth} B", f"{option_b}torchvision's resnet{depth}")
+_imagenet("resnet34_c", 34, "C", "ResNet-34 C", "paper Table 3")
+for depth in (50, 101, 152):
+    _imagenet(f"resnet{depth}", depth, "B", f"ResNet-{depth}", "paper Table 3")
+
+# The review's CIFAR forms of ResNet-18/34/50 (option B) and of plain-18/34, which it calls PlainCNN-n: 3x3 stride-1
+# stem, no max-pool.
+for depth in (18, 34, 50):
+    for kind, shortcut in (("resnet", "B"), ("plain", "none")):
+        if kind == "plain" and depth == 50:
+            continue
+        description = _description(depth, "CIFAR form (3x3 stem, no max-pool)", shortcut, "")
+        label = f"ResNet-{depth}" if kind == "resnet" else f"PlainCNN-{depth}"
+        args = _resnet_args(depth, "cifar", shortcut)
+        _add(ModelEntry(f"cifar_{kind}{depth}", "cifar", "resnet", description, args, label=label, depth=depth))
 
 for depth in (16, 19):
     for prefix, form in (("cifar_", "cifar"), ("", "imagenet")):

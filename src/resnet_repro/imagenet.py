@@ -205,7 +205,7 @@ def _color_stats(root: Path, paths: list[str]) -> dict[str, list]:
 def build_index(path: Path | str, out: Path | str) -> Path:
     """Validate the layout, list both splits, fingerprint them, measure colour statistics; write the index folder
     atomically (a temporary sibling renamed into place)."""
-    from .data import atomic_directory
+    from .runfiles import atomic_directory, atomic_write_bytes
 
     layout = validate_layout(path, where="--path")
     root = layout.root.resolve()
@@ -228,8 +228,8 @@ def build_index(path: Path | str, out: Path | str) -> Path:
     out = Path(out)
     with atomic_directory(out) as tmp:
         for split, rows in splits.items():
-            (tmp / f"{split}.tsv").write_text("".join(f"{rel}\t{label}\n" for rel, label, _ in rows))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+            atomic_write_bytes(tmp / f"{split}.tsv", "".join(f"{rel}\t{label}\n" for rel, label, _ in rows).encode())
+        atomic_write_bytes(tmp / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
     return out
 
 
@@ -479,21 +479,27 @@ def layout_val(devkit: Path | str, images: Path | str, out: Path | str) -> int:
     devkit's ground truth (ILSVRC2012_devkit_t12.tar.gz: data/meta.mat and
     data/ILSVRC2012_validation_ground_truth.txt). Returns the number of images placed."""
     import shutil
-    import tarfile
 
     from scipy.io import loadmat
 
-    with tarfile.open(devkit) as tar:
+    from .data import reading_archive
+
+    out = Path(out)
+    with reading_archive(Path(devkit), out) as tar:
         members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
         try:
             meta_bytes = tar.extractfile(members["meta.mat"]).read()
             truth = tar.extractfile(members["ILSVRC2012_validation_ground_truth.txt"]).read().decode().split()
         except KeyError as error:
             raise DataError(f"{devkit}: no {error.args[0]} (expected the ILSVRC2012_devkit_t12 archive)") from None
-    synsets = loadmat(io.BytesIO(meta_bytes), squeeze_me=True)["synsets"]
-    wnid_of = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets if int(s["num_children"]) == 0}
-    wnids = [wnid_of[int(t)] for t in truth]  # line k: the class of ILSVRC2012_val_<k>.JPEG
-    out = Path(out)
+    try:
+        synsets = loadmat(io.BytesIO(meta_bytes), squeeze_me=True)["synsets"]
+        wnid_of = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets if int(s["num_children"]) == 0}
+        wnids = [wnid_of[int(t)] for t in truth]  # line k: the class of ILSVRC2012_val_<k>.JPEG
+    except (KeyError, ValueError) as error:  # what a devkit that is not the official one raises here
+        raise DataError(
+            f"{devkit}: not the ILSVRC2012_devkit_t12 archive (meta.mat or ground truth: {error!r})"
+        ) from None
     images = Path(images)
     placed = 0
     if images.is_dir():
@@ -504,7 +510,7 @@ def layout_val(devkit: Path | str, images: Path | str, out: Path | str) -> int:
                 shutil.copy2(source, out / wnid / source.name)
                 placed += 1
     else:
-        with tarfile.open(images) as tar:
+        with reading_archive(images, out) as tar:
             for member in tar:
                 name = Path(member.name).name
                 if not member.isfile() or not name.startswith("ILSVRC2012_val_"):

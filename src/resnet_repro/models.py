@@ -4,8 +4,10 @@
 registered name with its architecture parameters (as torch-free data). The families:
 
 * CIFAR ResNets / plain nets of the paper's section 4.2 (6n+2 layers, 16/32/64 channels, option-A shortcuts).
-* ImageNet ResNet-18/34/50 and plain-18/34 (7x7 stem, max-pool, four stages, option-B projections).
-* CIFAR forms of ResNet-18/34 and plain-18/34 ("PlainCNN" in the review): 3x3 stride-1 stem, no max-pool.
+* ImageNet forms (paper Table 1: 7x7 stem, max-pool, four stages): plain-18/34; ResNet-18/34 with option-A
+  shortcuts (Table 2), with option B (torchvision's resnet18/34) and ResNet-34 with option C (Table 3); the
+  bottleneck ResNet-50/101/152 with option B (Table 3).
+* CIFAR forms of ResNet-18/34/50 and plain-18/34 ("PlainCNN" in the review): 3x3 stride-1 stem, no max-pool.
 * VGG-16/19 with batch norm, CIFAR and ImageNet forms.
 * FC-20/FC-56: deep fully connected ReLU stacks without normalization.
 """
@@ -22,8 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .catalog import CATALOG
+from .errors import UnknownModelError
 
-Shortcut = Literal["A", "B", "none"]
+# The paper's shortcut options (Sec. 3.3): A zero-pads where dimensions grow, B projects there, C projects on every
+# block; "none" is a plain net.
+Shortcut = Literal["A", "B", "C", "none"]
 
 
 class ZeroPadShortcut(nn.Module):
@@ -45,7 +50,7 @@ class ZeroPadShortcut(nn.Module):
 
 
 def projection_shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Module:
-    """Option B: 1x1 convolution + BN where the shape changes."""
+    """A projection: 1x1 convolution + BN (options B and C)."""
     return nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False), nn.BatchNorm2d(out_planes))
 
 
@@ -53,6 +58,8 @@ def make_shortcut(kind: Shortcut, in_planes: int, out_planes: int, stride: int) 
     """The shortcut of one block, or None for a plain block (no addition at all)."""
     if kind == "none":
         return None
+    if kind == "C":
+        return projection_shortcut(in_planes, out_planes, stride)
     if stride == 1 and in_planes == out_planes:
         return nn.Identity()
     if kind == "A":
@@ -82,16 +89,18 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3, 1x1 expand (x4), as in the paper's Fig. 5 right (stride on the 3x3, as torchvision)."""
+    """1x1 reduce, 3x3, 1x1 expand (x4), as in the paper's Fig. 5 right. A stage's first block subsamples with its
+    first 1x1 convolution, as the paper and its released models do; torchvision's "v1.5" strides the 3x3 instead
+    (same parameters, different features)."""
 
     expansion = 4
 
     def __init__(self, in_planes: int, planes: int, stride: int, shortcut: Shortcut) -> None:
         super().__init__()
         out_planes = planes * self.expansion
-        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_planes)
@@ -230,11 +239,6 @@ def init_weights(model: nn.Module) -> None:
         elif isinstance(module, nn.BatchNorm2d):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
-
-
-class UnknownModelError(KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}

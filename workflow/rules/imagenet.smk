@@ -34,14 +34,15 @@ rule train_imagenet:
         f"{paths.prepared_dir('imagenet')}/meta.json",
         code=sources.subcommand_files("launch", "train-imagenet"),
     output:
-        model=paths.run_file("model.pt", dataset="imagenet"),
-        history=paths.run_file("history.csv", dataset="imagenet"),
-        epochs=paths.run_file("epochs.csv", dataset="imagenet"),
+        model=paths.run_file(paths.MODEL_FILE, dataset="imagenet"),
+        history=paths.run_file(paths.HISTORY_FILE, dataset="imagenet"),
+        epochs=paths.run_file(paths.EPOCHS_FILE, dataset="imagenet"),
     log:
         "logs/train/imagenet/{model}/seed{seed}.log",
     threads: lambda w: _imagenet_resources(w)["cpus_per_task"]
     resources:
         gpu=lambda w: _imagenet_resources(w)["gpu"],
+        gpu_slots=lambda w: _gpu_resources(_imagenet_resources(w)["gpu"], packable=False)[_gpu.SLOTS_RESOURCE],
         runtime=lambda w: _imagenet_resources(w)["runtime"],
         mem_mb=lambda w: _imagenet_resources(w)["mem_mb"],
         cpus_per_task=lambda w: _imagenet_resources(w)["cpus_per_task"],
@@ -59,9 +60,9 @@ rule train_imagenet:
 
 rule evaluate_imagenet:
     input:
-        paths.run_file("model.pt", dataset="imagenet"),
-        paths.run_file("history.csv", dataset="imagenet"),
-        paths.run_file("epochs.csv", dataset="imagenet"),
+        paths.run_file(paths.MODEL_FILE, dataset="imagenet"),
+        paths.run_file(paths.HISTORY_FILE, dataset="imagenet"),
+        paths.run_file(paths.EPOCHS_FILE, dataset="imagenet"),
         f"{paths.prepared_dir('imagenet')}/meta.json",
         code=sources.subcommand_files("evaluate"),
     output:
@@ -72,8 +73,21 @@ rule evaluate_imagenet:
     threads: 4
     resources:
         gpu=lambda w: (0 if PLAN.run("imagenet", w.model, w.seed).distributed.device == "cpu" else 1),
+        gpu_slots=lambda w: _gpu_resources(
+            0 if PLAN.run("imagenet", w.model, w.seed).distributed.device == "cpu" else 1, packable=False
+        )[_gpu.SLOTS_RESOURCE],
         runtime=120,
     params:
         stage="evaluate-imagenet-{model}-seed{seed}",
     shell:
         "dvc --wait-for-lock repro --single-item {params.stage} > {log} 2>&1"
+
+
+# `snakemake imagenet`, `snakemake imagenet_table3`: every run of one enabled ImageNet experiment, rendered.
+for _experiment in [n for n in PLAN.experiments if config["experiments"][n]["dataset"] == plan.IMAGENET]:
+
+    rule:
+        name:
+            _experiment
+        input:
+            final_targets(PLAN, [_experiment], summary=False),

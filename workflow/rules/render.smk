@@ -15,7 +15,7 @@ _RENDER_STAGES = _outputs.render_stages(PLAN)
 
 rule responses:
     input:
-        model=paths.run_file("model.pt"),
+        model=paths.run_file(paths.MODEL_FILE),
         data=f"{paths.prepared_dir()}/meta.json",
         code=sources.subcommand_files("responses"),
     output:
@@ -23,6 +23,9 @@ rule responses:
     log:
         "logs/responses/{dataset}/{model}/seed{seed}.log",
     threads: 1
+    resources:
+        gpu=_gpu_resources(1)["gpu"],
+        gpu_slots=_gpu_resources(1)[_gpu.SLOTS_RESOURCE],
     params:
         stage="responses-{dataset}-{model}-seed{seed}",
     shell:

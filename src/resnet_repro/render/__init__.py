@@ -3,9 +3,9 @@
 Inputs are what training and evaluation write (history.csv, epochs.csv, metrics.json per run, responses.json for
 Fig. 7) and the reference numbers in references.yaml; outputs go to results/<experiment>/{figures,tables}/ and
 results/summary/. A run that has not happened is drawn as absent, shown as "not run" in tables and never counts as
-a reproduced claim. One module per job, each importing only the ones above it:
+a reproduced claim. Where each file goes is resnet_repro.paths'. One module per job, each importing only the ones
+above it:
 
-    paths        where rendered files and Fig. 7's responses live, and the render stages' names
     references   the published numbers (references.yaml) and how to cite them
     names        the papers' names and kinds of catalogue models
     results      loading finished runs into per-model groups with their statistics

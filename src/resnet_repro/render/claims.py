@@ -25,6 +25,8 @@ class Verdict:
     margin: float | None = None  # points, in the claimed direction (ordering claims)
     noise: float | None = None  # points: the margin a claim must exceed to count as reproduced
     seeds: str = ""  # runs behind each side, e.g. "2 vs 2"
+    df: float | None = None  # degrees of freedom of the noise (ordering claims; inf: the binomial test)
+    critical: float | None = None  # the critical value the standard error of the difference is multiplied by
 
 
 def _pct(value: float) -> str:
@@ -95,26 +97,89 @@ class Claim:
         raise NotImplementedError
 
 
-def standard_error(group: ModelRuns, metric: str) -> tuple[float, str]:
-    """The standard error of a model's mean `metric` (a fraction), and how it was estimated.
-
-    Several seeds: their sample std over sqrt(n). One run: the binomial error sqrt(p(1-p)/N) of the N images it
-    was measured on. The per-run spread is never taken below the binomial error, so two seeds that happen to
-    agree do not make a difference of a few images look certain."""
+def binomial_error(group: ModelRuns, metric: str) -> tuple[float, int]:
+    """One run's binomial error sqrt(p(1-p)/N) on the N images `metric` was measured on (N: the fewest of the
+    group's runs), and N; 0 when the runs do not say N."""
     s = group.stat(metric)
     assert s is not None
     images = min(run.sample_size(metric) for run in group.runs)
-    binomial = math.sqrt(max(s.mean * (1 - s.mean), 0.0) / images) if images else 0.0
-    if s.n > 1:
-        return max(s.std, binomial) / math.sqrt(s.n), f"{s.n} seeds"
-    return binomial, f"binomial, {images} images" if images else "1 run, no sample size"
+    return (math.sqrt(max(s.mean * (1 - s.mean), 0.0) / images) if images else 0.0), images
+
+
+@dataclass(frozen=True)
+class Noise:
+    """The noise of the difference of two models' mean `metric`: a margin beyond `critical` x `se` is real."""
+
+    se: float  # standard error of the difference of the means (a fraction)
+    df: float  # degrees of freedom of `se` (math.inf for the binomial test: the normal quantile)
+    critical: float  # the two-sided critical value t(1 - (1 - confidence) / 2, df)
+    test: str  # which rule estimated it (the Rule column)
+    how: tuple[str, str]  # how each side's error was estimated (the evidence)
+
+
+def _welch_df(variances: tuple[float, float], runs: tuple[int, int]) -> float:
+    """Welch-Satterthwaite degrees of freedom of a sum of two variances of means, each from its own n - 1."""
+    total = sum(variances)
+    spread = sum(v**2 / (n - 1) for v, n in zip(variances, runs, strict=True))
+    return total**2 / spread if spread > 0 else float(sum(runs) - 2)  # no spread at all: the noise is 0 anyway
+
+
+def difference_noise(worse: ModelRuns, better: ModelRuns, metric: str, confidence: float) -> Noise:
+    """The standard error of `worse`'s mean minus `better`'s, its degrees of freedom and critical value.
+
+    Every per-run spread is floored at the model's binomial error on its images, so two seeds that happen to
+    agree do not make a difference of a few images look certain (the df stay those of the seeds: conservative).
+
+    - Several seeds on each side: Welch. Each side's squared standard error is spread² / n, with df by
+      Welch-Satterthwaite.
+    - One run against several seeds: a single run says nothing about its seed-to-seed spread, and its binomial
+      error alone would ignore it. The run takes the other model's seed spread (floored at its own binomial
+      error): SE² = s₁² + s₂² / n, with df = n - 1, the only estimated variance (Crawford & Howell's test of a
+      single case against a sample, 1998).
+    - One run against one run: the binomial test, SE² = Σ p(1-p)/N, critical value the normal quantile."""
+    from scipy.stats import t  # imported here: render must stay light (the Snakefile imports it on dry runs)
+
+    groups = (worse, better)
+    stats = [g.stat(metric) for g in groups]
+    assert stats[0] and stats[1]
+    binomial = [binomial_error(g, metric) for g in groups]
+    runs = (stats[0].n, stats[1].n)
+    if min(runs) > 1:
+        spreads = [max(s.std, b) for s, (b, _) in zip(stats, binomial, strict=True)]
+        df = _welch_df((spreads[0] ** 2 / runs[0], spreads[1] ** 2 / runs[1]), runs)
+        test = "Welch: SE² = Σ s² / n, s = seed std ≥ binomial error, Welch-Satterthwaite df"
+        how = (f"{runs[0]} seeds", f"{runs[1]} seeds")
+    elif max(runs) > 1:
+        seeded = 0 if runs[0] > 1 else 1
+        borrowed = stats[seeded].std
+        spreads = [max(borrowed, b) for b, _ in binomial]
+        df = float(runs[seeded] - 1)
+        test = (
+            "one run vs n seeds: the run takes the seeds' spread s (each side ≥ its binomial error), "
+            "SE² = s² + s² / n, df = n - 1 (Crawford-Howell)"
+        )
+        single = f"1 run, spread of the other's {runs[seeded]} seeds"
+        how = (single, f"{runs[1]} seeds") if seeded else (f"{runs[0]} seeds", single)
+    else:
+        spreads = [b for b, _ in binomial]
+        df = math.inf
+        test = "binomial test: SE² = Σ p(1 - p) / N, normal critical value (df ∞)"
+        described = [f"binomial, {n} images" if n else "1 run, no sample size" for _, n in binomial]
+        how = (described[0], described[1])
+    se = math.sqrt(sum(spread**2 / n for spread, n in zip(spreads, runs, strict=True)))
+    return Noise(se, df, float(t.ppf(1 - (1 - confidence) / 2, df)), test, how)
+
+
+def _quantile(tol: dict) -> str:
+    return f"{1 - (1 - tol['confidence']) / 2:g}"
 
 
 @dataclass(frozen=True)
 class Worse(Claim):
     """`worse` has a higher `metric` than `better` (means over seeds). Reproduced when the margin exceeds the
-    noise of the difference (`noise_sigmas` standard errors, at least `ordering_points`), not reproduced when it
-    is beyond that noise the other way, and within noise otherwise."""
+    noise of the difference (the critical value of Student's t at `confidence`, two-sided, times its standard
+    error: see `difference_noise`; at least `ordering_points`), not reproduced when it is beyond that noise the
+    other way, and within noise otherwise."""
 
     worse: str = ""
     better: str = ""
@@ -125,16 +190,16 @@ class Worse(Claim):
 
     def tolerance(self, tol: dict) -> str:
         return (
-            f"{METRIC_WORDS.get(self.metric, self.metric)}: |margin| > {tol['noise_sigmas']:g} standard errors of the "
-            "difference (seed spread / sqrt(n), or one run's binomial error)"
+            f"{METRIC_WORDS.get(self.metric, self.metric)}: |margin| > t({_quantile(tol)}, df) standard errors of "
+            "the difference (Welch over seeds; 1 run vs 1: binomial test)"
         )
 
     def judge(self, groups: list[ModelRuns], tol: dict) -> Verdict:
         worse, better = (g.stat(self.metric) for g in groups)
         assert worse and better
         margin = 100 * (worse.mean - better.mean)
-        (se_worse, how_worse), (se_better, how_better) = (standard_error(g, self.metric) for g in groups)
-        noise = max(100 * tol["noise_sigmas"] * math.hypot(se_worse, se_better), tol["ordering_points"])
+        diff = difference_noise(groups[0], groups[1], self.metric, tol["confidence"])
+        noise = max(100 * diff.critical * diff.se, tol["ordering_points"])
         if margin > noise:
             outcome = REPRODUCED
         elif margin < -noise:
@@ -143,10 +208,25 @@ class Worse(Claim):
             outcome = WITHIN_NOISE
         evidence = (
             f"{_describe(groups[0], self.metric)} vs {_describe(groups[1], self.metric)}: margin {margin:+.2f} "
-            f"points, noise ±{noise:.2f} ({how_worse}; {how_better})"
+            f"points, noise ±{noise:.2f} ({diff.how[0]}; {diff.how[1]})"
         )
-        seeds = f"{worse.n} vs {better.n}"
-        return Verdict("", "", "", evidence, self.tolerance(tol), outcome, round(margin, 4), round(noise, 4), seeds)
+        rule = (
+            f"{METRIC_WORDS.get(self.metric, self.metric)}: |margin| > t({_quantile(tol)}, df) \u00d7 SE of the "
+            f"difference; {diff.test}"
+        )
+        return Verdict(
+            "",
+            "",
+            "",
+            evidence,
+            rule,
+            outcome,
+            round(margin, 4),
+            round(noise, 4),
+            f"{worse.n} vs {better.n}",
+            round(diff.df, 2),
+            round(diff.critical, 4),
+        )
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,17 @@ from .figures import (
 from .formats import Table, write_table
 from .names import is_cifar_6n2, model_depth, model_label
 from .results import ExperimentResults, config_models
-from .tables import cifar100_table, fc_table, results_table, runs_table, short_table, table2, table6, verdict_table
+from .tables import (
+    cifar100_table,
+    fc_table,
+    results_table,
+    runs_table,
+    short_table,
+    table2,
+    table3,
+    table6,
+    verdict_table,
+)
 
 SHORT = "cifar10_short"  # the paper's CIFAR-10 protocol at a fraction of its length (schedule cifar_short)
 
@@ -211,6 +221,19 @@ def _cifar100_claims(models: list[str], refs: dict) -> list[Claim]:
     return claims
 
 
+PAPER_T3 = "paper Table 3"
+# Table 3's claims (Sec. 4.1, "Identity vs. Projection Shortcuts" and "Deeper Bottleneck Architectures"), each an
+# ordering of top-1 error judged against the noise of the difference. The deeper nets use option B, so ResNet-50 is
+# compared with ResNet-34 B.
+TABLE3_CLAIMS = (
+    Worse('ResNet-34 B is "slightly better" than A (top-1 error)', PAPER_T3, "resnet34", "resnet34_b"),
+    Worse('ResNet-34 C is "marginally better" than B (top-1 error)', PAPER_T3, "resnet34_b", "resnet34_c"),
+    Worse("ResNet-50 has lower top-1 error than ResNet-34 B", PAPER_T3, "resnet34_b", "resnet50"),
+    Worse("ResNet-101 has lower top-1 error than ResNet-50", PAPER_T3, "resnet50", "resnet101"),
+    Worse("ResNet-152 has lower top-1 error than ResNet-101", PAPER_T3, "resnet101", "resnet152"),
+)
+
+
 # ------------------------------------------------------------------------------------------- the registry
 FIG7_SHORT_LABEL = "Std of layer responses (as Fig. 7)"
 
@@ -285,6 +308,13 @@ REGISTRY: dict[str, Experiment] = {
             Worse("ResNet-34 has lower top-1 error than ResNet-18", PAPER_T2, "resnet18", "resnet34"),
             Worse("ResNet-34 has lower top-1 error than plain-34", PAPER_T2, "plain34", "resnet34"),
         ),
+    ),
+    "imagenet_table3": Experiment(
+        artifacts=(
+            figure("table3_curves", "table3_curves", "ImageNet training curves (Table 3's nets)", top1_curves),
+            table("table3", "table3", "Table 3", lambda r: table3(r.results, r.refs)),
+        ),
+        claims=fixed(*TABLE3_CLAIMS),
     ),
     SHORT: Experiment(
         artifacts=(

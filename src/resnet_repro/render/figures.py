@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..paths import FIGURE_FORMATS
+from ..runfiles import atomic_writer
 from .formats import DASH
 from .names import is_plain, is_residual, model_depth, model_label
 from .results import ExperimentResults, ModelRuns
@@ -278,13 +279,13 @@ def draw_responses(results: ExperimentResults, models: list[str], out_base: Path
 
 
 def _save(fig: Any, out_base: Path) -> list[Path]:
-    out_base.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in FIGURE_FORMATS:
         path = out_base.with_suffix(f".{fmt}")
         # No timestamps in the files: rerendering the same data gives the same bytes.
         metadata = {"CreationDate": None} if fmt == "pdf" else {"Software": None}
-        fig.savefig(path, dpi=200, metadata=metadata)
+        with atomic_writer(path) as handle:
+            fig.savefig(handle, format=fmt, dpi=200, metadata=metadata)
         paths.append(path)
     _pyplot().close(fig)
     return paths
@@ -328,7 +329,8 @@ def plain_vs_residual_curves(results: ExperimentResults, out_base: Path, split_1
 
 
 def top1_curves(results: ExperimentResults, out_base: Path) -> list[Path]:
-    """Training and test top-1 error per epoch, every model in both panels, one colour each (CIFAR-100)."""
+    """Training and test top-1 error per epoch, every model in both panels, one colour each (CIFAR-100, and
+    ImageNet Table 3, whose ResNet-34 A/B/C share a depth)."""
     models = list(results.models)
     panels = [
         Panel("training error (top-1)", models, ("train_error",)),

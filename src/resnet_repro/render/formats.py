@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..paths import table_files
+from ..runfiles import atomic_write_bytes
 from .claims import NOT_REPRODUCED, NOT_RUN, REPRODUCED, WITHIN_NOISE
 
 DASH = "\u2013"  # en dash: an empty cell, a range
@@ -84,6 +86,9 @@ LATEX_SPECIALS = {
     "\u00d7": r"$\times$",
     "≤": r"$\leq$",
     "≥": r"$\geq$",
+    "²": r"$^2$",
+    "Σ": r"$\Sigma$",
+    "∞": r"$\infty$",
 }
 
 
@@ -144,13 +149,17 @@ def table_html(table: Table) -> str:
 
 def write_table(table: Table, out_dir: Path | str) -> list[Path]:
     files = {fmt: Path(p) for fmt, p in table_files(str(out_dir), table.name).items()}
-    files["csv"].parent.mkdir(parents=True, exist_ok=True)
-    with files["csv"].open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=table.fields, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        for record in table.records:
-            writer.writerow({k: "" if record.get(k) is None else record.get(k) for k in table.fields})
-    files["md"].write_text(table_markdown(table))
-    files["tex"].write_text(table_latex(table))
-    files["html"].write_text(table_html(table))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=table.fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for record in table.records:
+        writer.writerow({k: "" if record.get(k) is None else record.get(k) for k in table.fields})
+    contents = {
+        "csv": text.getvalue(),
+        "md": table_markdown(table),
+        "tex": table_latex(table),
+        "html": table_html(table),
+    }
+    for fmt, path in files.items():
+        atomic_write_bytes(path, contents[fmt].encode())
     return list(files.values())

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
-from ..paths import DETAILS_FILE, METRICS_FILE
+from ..paths import DETAILS_FILE, HISTORY_FILE, METRICS_FILE
 from ..plan import Plan, Run
 
 
@@ -36,7 +36,7 @@ class RunResult:
                 "parameters": lambda: m["parameters"],
             }[name]()
         except KeyError as error:
-            raise DataError(f"{self.folder}/metrics.json has no {error.args[0]!r}") from None
+            raise DataError(f"{self.folder}/{METRICS_FILE} has no {error.args[0]!r}") from None
         return float(value)
 
     @property
@@ -66,27 +66,31 @@ def _read_csv(path: Path) -> dict[str, list[float]] | None:
     return columns
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing beside {METRICS_FILE}; evaluate the run again") from None
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path}: not valid JSON ({error}); evaluate the run again") from None
+
+
 def load_run(folder: Path | str, model: str = "", seed: int = 0) -> RunResult | None:
     """A finished run (metrics.json present), or None when it has not run. Its metrics are the headline numbers
-    and the details beside them (details.json: identity, per-class accuracy, sample sizes, provenance)."""
+    and the details beside them (details.json: identity, per-class accuracy, sample sizes, provenance), which
+    evaluation writes first: metrics without their details are not a result."""
     folder = Path(folder)
     metrics_path = folder / METRICS_FILE
     if not metrics_path.is_file():
         return None
-    metrics: dict = {}
-    for path in (folder / DETAILS_FILE, metrics_path):
-        if path.name == DETAILS_FILE and not path.is_file():
-            continue  # evaluated before the details had a file of their own
-        try:
-            metrics.update(json.loads(path.read_text()))
-        except (OSError, ValueError) as error:
-            raise DataError(f"{path}: not valid JSON ({error}); evaluate the run again") from None
+    headline, details = (_read_json(path) for path in (metrics_path, folder / DETAILS_FILE))
+    metrics = {**details, **headline}
     return RunResult(
         model or metrics.get("model", ""),
         int(metrics.get("seed", seed)),
         folder,
         metrics,
-        _read_csv(folder / "history.csv"),
+        _read_csv(folder / HISTORY_FILE),
     )
 
 

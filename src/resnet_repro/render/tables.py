@@ -1,4 +1,4 @@
-"""The tables each experiment shows (results, Table 6, Table 2, the review's, provenance, verdict), as data."""
+"""The tables each experiment shows (results, Table 6, Tables 2 and 3, the review's, provenance, verdict), as data."""
 
 from __future__ import annotations
 
@@ -390,6 +390,7 @@ def table2(results: ExperimentResults, refs: dict) -> Table:
             {
                 "model": row["model"],
                 "label": row["label"],
+                "params_m": _params_m(group),
                 "top1_mean": rounded(100 * s.mean) if s else None,
                 "runs": s.n if s else 0,
                 "paper_top1": row["top1"],
@@ -399,15 +400,63 @@ def table2(results: ExperimentResults, refs: dict) -> Table:
     return Table(
         "table2",
         "Table 2: top-1 error on ImageNet validation (%)",
-        ["model", "top1_mean", "runs", "paper_top1", "status"],
+        ["model", "params_m", "top1_mean", "runs", "paper_top1", "status"],
         [
             Column("Model", lambda r: r["label"], "l"),
+            Column("Params", lambda r: fmt(r["params_m"], 2, "M")),
             Column("Ours (10-crop)", lambda r: fmt(r["top1_mean"])),
             Column("Paper (10-crop)", lambda r: fmt(r["paper_top1"])),
             Column("Seeds", lambda r: r["status"], "l"),
         ],
         records,
-        [f"Paper: {cite(refs, 'table2')}."],
+        [
+            f"Paper: {cite(refs, 'table2')}.",
+            "ResNets with option-A shortcuts (zero-padded identity where dimensions grow): no extra parameters "
+            "over their plain counterparts, as in the paper.",
+        ],
+    )
+
+
+def table3(results: ExperimentResults, refs: dict) -> Table:
+    """Paper Table 3: the shortcut options on ResNet-34 and the deeper bottleneck nets, top-1 and top-5 error
+    (10-crop) and parameters, ours beside the paper's."""
+    records = []
+    for row in refs["table3"]["rows"]:
+        group = results.models.get(row["model"])
+        top1, top5 = (group.stat(metric) if group else None for metric in ("test_error", "top5_error"))
+        records.append(
+            {
+                "model": row["model"],
+                "label": row["label"],
+                "params_m": _params_m(group),
+                "top1_mean": rounded(100 * top1.mean) if top1 else None,
+                "top5_mean": rounded(100 * top5.mean) if top5 else None,
+                "runs": top1.n if top1 else 0,
+                "paper_top1": row["top1"],
+                "paper_top5": row["top5"],
+                "status": _seeds_note(group) if results.enabled else NOT_RUN,
+            }
+        )
+    return Table(
+        "table3",
+        "Table 3: top-1 / top-5 error on ImageNet validation (%, 10-crop)",
+        ["model", "params_m", "top1_mean", "top5_mean", "runs", "paper_top1", "paper_top5", "status"],
+        [
+            Column("Model", lambda r: r["label"], "l"),
+            Column("Params", lambda r: fmt(r["params_m"], 2, "M")),
+            Column("Top-1, ours", lambda r: fmt(r["top1_mean"])),
+            Column("Top-1, paper", lambda r: fmt(r["paper_top1"])),
+            Column("Top-5, ours", lambda r: fmt(r["top5_mean"])),
+            Column("Top-5, paper", lambda r: fmt(r["paper_top5"])),
+            Column("Seeds", lambda r: r["status"], "l"),
+        ],
+        records,
+        [
+            f"Paper: {cite(refs, 'table3')}.",
+            "ResNet-34 A: zero-padded identity shortcuts where dimensions grow (no extra parameters); B: projections "
+            "there, identity elsewhere; C: projections on every shortcut. ResNet-50/101/152: bottleneck blocks, "
+            "option B. Ours: mean over seeds.",
+        ],
     )
 
 
@@ -423,19 +472,34 @@ def verdict_table(verdicts: list[Verdict], name: str = "verdict", title: str = "
         Column("Margin (points)", lambda r: fmt(r["margin"], 2)),
         Column("Noise (points)", lambda r: fmt(r["noise"], 2)),
         Column("Seeds", lambda r: r["seeds"] or DASH),
+        Column("df", lambda r: "∞" if r["df"] == math.inf else fmt(r["df"], 1)),
+        Column("Critical value", lambda r: fmt(r["critical"], 2)),
         Column("Rule", lambda r: r["tolerance"], "l"),
         Column("Verdict", lambda r: r["verdict"], "l"),
     ]
     return Table(
         name,
         title,
-        ["experiment", "claim", "source", "evidence", "margin", "noise", "seeds", "tolerance", "verdict"],
+        [
+            "experiment",
+            "claim",
+            "source",
+            "evidence",
+            "margin",
+            "noise",
+            "seeds",
+            "df",
+            "critical",
+            "tolerance",
+            "verdict",
+        ],
         columns,
         records,
         [
             ", ".join(f"{counts[k]} {k}" for k in VERDICTS) + ".",
             "Ordering claims: reproduced when the margin exceeds the noise, not reproduced when it is beyond the noise "
-            "the other way, within noise otherwise (the Rule column says how the noise is estimated).",
+            "the other way, within noise otherwise. The noise is the critical value of Student's t at the df shown "
+            "times the standard error of the difference (the Rule column says how both are estimated).",
             "A claim whose runs (any of their seeds) have not happened is 'not run', never a pass.",
         ],
     )
