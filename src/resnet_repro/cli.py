@@ -1,24 +1,27 @@
 """`resnet-repro`: one command with a subcommand per pipeline step.
 
 Every user error (bad option, unknown model, missing or corrupt file, full disk) is one line on stderr and a
-non-zero exit status, never a traceback.
+non-zero exit status, never a traceback: those are the project's own error classes (errors.py). Anything else is a
+bug and keeps its traceback, followed by a line asking to report it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
 
 from . import __version__
-from .errors import ConfigError, ReproError
-from .paths import METRICS_FILE, RESPONSES_FILE, raw_archive
+from .errors import ConfigError, ReproError, UnknownModelError
+from .paths import METRICS_FILE, MODEL_FILE, RESPONSES_FILE, TRAINING_FILES, raw_archive
+
+DEVICE_ENV = "RESNET_REPRO_DEVICE"  # the default of train's, evaluate's and responses' --device
 
 if TYPE_CHECKING:
     from .settings import DistributedOptions, TrainSettings
@@ -73,9 +76,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_settings(args: argparse.Namespace, default_schedule: str) -> TrainSettings:
-    """A run's settings: from config.yaml (pipeline mode, --config/--experiment) or --schedule/--set; and the
-    model name checked, both before anything heavy starts."""
+def _run_settings(args: argparse.Namespace) -> TrainSettings:
+    """A run's settings: from config.yaml (pipeline mode, --config/--experiment) or --schedule/--set (default: the
+    subcommand's schedule, see add_run_arguments); and the model name checked, both before anything heavy starts."""
     if args.config:
         from .plan import run_settings
 
@@ -87,20 +90,30 @@ def _run_settings(args: argparse.Namespace, default_schedule: str) -> TrainSetti
     else:
         from .settings import resolve_settings
 
-        settings = resolve_settings(args.schedule or default_schedule, _parse_overrides(args.set))
+        settings = resolve_settings(args.schedule or args.default_schedule, _parse_overrides(args.set))
     _validate_model(args.model)
     return settings
 
 
+def _take_gpu_slot(device: str, packable: bool) -> None:
+    """A GPU job's slot (resnet_repro.gpu): distinct devices for concurrent jobs; a slot PyTorch cannot use stops
+    the job. Before anything touches CUDA, which reads CUDA_VISIBLE_DEVICES once. An explicit --device cuda:N or
+    cpu takes none. `packable`: a small CIFAR job may share its GPU (RESNET_REPRO_GPU_RUNS_PER_DEVICE)."""
+    if device not in ("auto", "cuda"):
+        return
+    from .gpu import acquire_gpu_slot, require_cuda, runs_per_device_from_env
+
+    slot = acquire_gpu_slot(runs_per_device=runs_per_device_from_env() if packable else 1)
+    if slot is not None:  # held until the process ends
+        print(f"using GPU slot {slot.name} (CUDA_VISIBLE_DEVICES={slot.entry})", file=sys.stderr, flush=True)
+        require_cuda([slot])
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from .gpu import acquire_gpu_slot
     from .train import RunSpec, train
 
-    settings = _run_settings(args, default_schedule="cifar_paper")
-    if args.device in ("auto", "cuda"):
-        slot = acquire_gpu_slot()  # before CUDA initializes: it reads CUDA_VISIBLE_DEVICES once
-        if slot is not None:
-            print(f"using GPU slot {slot.index} (CUDA_VISIBLE_DEVICES={slot.index})", file=sys.stderr)
+    settings = _run_settings(args)
+    _take_gpu_slot(args.device, packable=True)
     spec = RunSpec(args.model, args.seed, settings, Path(args.data), Path(args.out), args.device)
     print(train(spec))
     return 0
@@ -111,15 +124,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     run = Path(args.run)
     out = Path(args.out) if args.out else run / METRICS_FILE
-    if is_index(args.data):  # ImageNet: streamed from the image folder, 10-crop testing
+    imagenet = is_index(args.data)
+    _take_gpu_slot(args.device, packable=not imagenet)  # ImageNet evaluation gets a whole GPU (gpu=1 in its rule)
+    if imagenet:  # streamed from the image folder, 10-crop testing
         from .evaluate import evaluate_imagenet
 
-        metrics = evaluate_imagenet(run / "model.pt", Path(args.data), out, args.device, args.workers)
+        metrics = evaluate_imagenet(run / MODEL_FILE, Path(args.data), out, args.device, args.workers)
         print(f"{out}: 10-crop error {metrics['test_error']:.4f}, centre crop {metrics['single_crop_error']:.4f}")
         return 0
     from .evaluate import evaluate
 
-    metrics = evaluate(run / "model.pt", Path(args.data), out, args.device)
+    metrics = evaluate(run / MODEL_FILE, Path(args.data), out, args.device)
     print(f"{out}: test error {metrics['test_error']:.4f}, loss {metrics['test_loss']:.4f}")
     return 0
 
@@ -158,7 +173,7 @@ def _distributed_options(args: argparse.Namespace) -> DistributedOptions:
 def cmd_train_imagenet(args: argparse.Namespace) -> int:
     from .distributed import DistSpec, train_distributed
 
-    settings = _run_settings(args, default_schedule="imagenet_paper")
+    settings = _run_settings(args)
     options = _distributed_options(args)
     spec = DistSpec(
         args.model,
@@ -206,7 +221,8 @@ def cmd_responses(args: argparse.Namespace) -> int:
 
     run = Path(args.run)
     out = Path(args.out) if args.out else run / RESPONSES_FILE
-    result = write_responses(run / "model.pt", Path(args.data), out, args.device)
+    _take_gpu_slot(args.device, packable=True)
+    result = write_responses(run / MODEL_FILE, Path(args.data), out, args.device)
     print(f"{out}: {len(result['layers'])} layers of {result['model']} on {result['images']} images")
     return 0
 
@@ -225,7 +241,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from .plan import load_plan
-    from .stages import sync_dvc_yaml
+    from .stages import experiment_needs, sync_dvc_yaml
 
     plan = load_plan(args.config, check_data=args.action == "check")
     if args.action == "sync":
@@ -234,6 +250,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     else:
         for name, runs in plan.experiments.items():
             print(f"{name}: {len(runs)} runs: {', '.join(sorted({r.model for r in runs}))}")
+            print(f"  needs: {experiment_needs(plan, name)}")
         print(f"config OK: {len(plan.runs)} distinct runs")
     return 0
 
@@ -242,15 +259,16 @@ def _validate_model(name: str) -> None:
     from .catalog import CATALOG
 
     if name not in CATALOG:
-        raise ConfigError(f"unknown model {name!r}; `resnet-repro models` lists them")
+        raise UnknownModelError(f"unknown model {name!r}; `resnet-repro models` lists them")
 
 
 def add_run_arguments(p: argparse.ArgumentParser, data_help: str, default_schedule: str) -> None:
     """The options naming one training run, shared by `train` and `train-imagenet`."""
     p.add_argument("--model", required=True, help="registered model name (see `resnet-repro models`)")
     p.add_argument("--data", required=True, help=data_help)
-    p.add_argument("--out", required=True, help="run folder (model.pt, history.csv, epochs.csv)")
+    p.add_argument("--out", required=True, help=f"run folder ({', '.join(TRAINING_FILES)})")
     p.add_argument("--schedule", help=f"named schedule (default: {default_schedule})")
+    p.set_defaults(default_schedule=default_schedule)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a schedule setting")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", help="take the schedule, settings (and distributed options) from this config.yaml")
@@ -258,8 +276,13 @@ def add_run_arguments(p: argparse.ArgumentParser, data_help: str, default_schedu
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .settings import DistributedOptions  # torch-free: --help stays fast
+    # torch-free: --help stays fast
+    from .settings import PAPER_SCHEDULE, RENDEZVOUS_PORT_BASE, RENDEZVOUS_PORT_SPAN, DistributedOptions
 
+    # A machine whose GPUs must not be used (a test cluster's fake GPUs, a node with a broken driver): the jobs there
+    # run on the CPU without a change to any stage command.
+    default_device = os.environ.get(DEVICE_ENV) or "auto"
+    device_help = f"auto (CUDA if present), cpu, cuda, cuda:N (default: ${DEVICE_ENV} or auto)"
     parser = argparse.ArgumentParser(
         prog="resnet-repro",
         description="Reproduce 'Deep Residual Learning for Image Recognition' (He et al., 2015): data, training, "
@@ -289,15 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train one model (resumes a matching checkpoint in --out)")
-    add_run_arguments(p, "prepared dataset folder", "cifar_paper")
-    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    add_run_arguments(p, "prepared dataset folder", PAPER_SCHEDULE)
+    p.add_argument("--device", default=default_device, help=device_help)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="evaluate a trained run into metrics.json")
-    p.add_argument("--run", required=True, help="run folder holding model.pt")
+    p = sub.add_parser("evaluate", help=f"evaluate a trained run into {METRICS_FILE}")
+    p.add_argument("--run", required=True, help=f"run folder holding {MODEL_FILE}")
     p.add_argument("--data", required=True, help="prepared dataset folder it was trained on")
-    p.add_argument("--out", help="metrics file (default: <run>/metrics.json)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help=f"metrics file (default: <run>/{METRICS_FILE})")
+    p.add_argument("--device", default=default_device, help=device_help)
     p.add_argument("--workers", type=int, default=4, help="ImageNet: DataLoader workers decoding JPEGs (default 4)")
     p.set_defaults(func=cmd_evaluate)
 
@@ -345,7 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help=f"processes per node, one per GPU (default: config or {DistributedOptions.processes_per_node})",
     )
-    p.add_argument("--port", type=int, help="rendezvous port for several nodes (default 20000 + job id %% 10000)")
+    p.add_argument(
+        "--port",
+        type=int,
+        help=f"rendezvous port for several nodes (default {RENDEZVOUS_PORT_BASE} + job id %% {RENDEZVOUS_PORT_SPAN})",
+    )
     p.add_argument("--config", help="take nodes and processes from this config.yaml's experiment")
     p.add_argument("--experiment", help="with --config: the experiment")
     p.add_argument("--agent", action="store_true", help=argparse.SUPPRESS)  # one srun task: run its torchrun agent
@@ -359,10 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("responses", help="std of each 3x3 layer's response on the test set (paper Fig. 7)")
-    p.add_argument("--run", required=True, help="run folder holding model.pt")
+    p.add_argument("--run", required=True, help=f"run folder holding {MODEL_FILE}")
     p.add_argument("--data", required=True, help="prepared dataset folder it was trained on")
-    p.add_argument("--out", help="JSON file to write (default: <run>/responses.json)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help=f"JSON file to write (default: <run>/{RESPONSES_FILE})")
+    p.add_argument("--device", default=default_device, help=device_help)
     p.set_defaults(func=cmd_responses)
 
     p = sub.add_parser("summary", help="the reproduction verdict of every claim across the experiments of `all`")
@@ -380,25 +407,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# After the traceback of anything that is not a user error (the project has no public issue tracker to name).
+BUG_REPORT = (
+    "internal error: please report this as a bug with the traceback above and the output of `resnet-repro --version`"
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except ReproError as error:
+    except ReproError as error:  # the user's to fix: one line (the only exceptions caught as such)
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
-    except KeyError as error:  # UnknownModelError and friends carry their message as the key
-        print(f"error: {error.args[0] if error.args else error}", file=sys.stderr)
-        return 2
-    except OSError as error:
-        reason = "disk full" if error.errno == errno.ENOSPC else error.strerror or str(error)
-        where = f" ({error.filename})" if error.filename else ""
-        print(f"error: {reason}{where}; nothing half-written was kept", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # anything else is a defect: keep the traceback, and say so
+        traceback.print_exc()
+        print(BUG_REPORT, file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""User-facing errors: the command line prints their message on one line and exits non-zero."""
+"""User-facing errors: the command line prints their message on one line and exits non-zero.
+
+Only these classes are the user's to fix. Anything else (a built-in KeyError, OSError, ...) is a bug and keeps its
+traceback; where an OSError is the user's (a missing input, a full disk) it is turned into one of these where it
+happens.
+"""
 
 
 class ReproError(Exception):
@@ -8,11 +13,19 @@ class ReproError(Exception):
 
 
 class DataError(ReproError):
-    """A dataset source, archive or prepared folder is missing, corrupt or unsafe."""
+    """An input (dataset source, archive, prepared folder, run file) is missing, unreadable, corrupt or unsafe."""
+
+
+class OutputError(ReproError):
+    """An output cannot be written: the disk or quota is full, or writing there is not allowed."""
 
 
 class ConfigError(ReproError):
     """A configuration value is wrong; the message names the key."""
+
+
+class UnknownModelError(ConfigError):
+    """A model name (or model option) the catalogue does not know; the message lists what it knows."""
 
 
 class TrainingDiverged(ReproError):
