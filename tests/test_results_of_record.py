@@ -83,14 +83,16 @@ def test_verdict_of_record_is_what_the_runs_give(plan, results) -> None:
         assert float(row["margin"]) == pytest.approx(verdict.margin, abs=1e-4)
         assert float(row["noise"]) == pytest.approx(verdict.noise, abs=1e-4)
         assert row["seeds"] == verdict.seeds
-    # The issue's bar, as the committed runs show it: degradation, and ResNet-56 over plain-56, beyond noise.
+        assert float(row["df"]) == pytest.approx(verdict.df, abs=1e-2)
+        assert float(row["critical"]) == pytest.approx(verdict.critical, abs=1e-4)
+    # Degradation holds beyond Welch's noise even on 2 seeds a side (df about 2: t near 4.3, not 2). ResNet-56 over
+    # plain-56 (margin +24 points, seeds 8 points apart) is within that noise on 2 seeds (issue 23).
     by_claim = {r["claim"]: r for r in committed}
-    for claim in (
-        "plain-56 has higher training error than plain-20",
-        "ResNet-56 has lower training error than plain-56",
-    ):
-        row = by_claim[claim]
-        assert row["verdict"] == "reproduced" and float(row["margin"]) > float(row["noise"]) > 0, row
+    row = by_claim["plain-56 has higher training error than plain-20"]
+    assert row["verdict"] == "reproduced" and float(row["margin"]) > float(row["noise"]) > 0, row
+    for row in committed:  # Welch's df lies between min(n) - 1 and n₁ + n₂ - 2: at most 2, so t(0.975) >= 4.30
+        if row["seeds"] == "2 vs 2":
+            assert 1 <= float(row["df"]) <= 2 and float(row["critical"]) >= 4.30, row
 
 
 def test_provenance_of_every_run(results) -> None:
@@ -119,12 +121,33 @@ def test_results_render_again_from_the_committed_files(plan, tmp_path: Path) -> 
     assert details["test_images"] == 10_000 and details["train_images"] == 50_000
 
 
-def test_readme_shows_the_committed_tables() -> None:
-    """The README opens with these results: its tables are the committed ones, row for row."""
-    readme = (REPO / "README.md").read_text()
-    assert "results/cifar10_short/figures/fig6.png" in readme
-    for name in ("results", "verdict", "runs"):
-        rows = [line for line in (RECORD / "tables" / f"{name}.md").read_text().splitlines() if line.startswith("|")]
-        assert rows, name
-        for row in rows:
-            assert row in readme, f"README is missing this row of tables/{name}.md: {row}"
+# Where each committed table is shown: the README opens with the results and the verdict, docs/results.md has the
+# per-run times. Each is shown once, so a rerun of the record is resynced in one place per table.
+SHOWN_IN = {"results": "README.md", "verdict": "README.md", "runs": "docs/results.md"}
+
+
+def table_blocks(text: str) -> list[list[str]]:
+    """The Markdown tables of a page: each a run of consecutive lines starting with `|`."""
+    blocks: list[list[str]] = []
+    previous = False
+    for line in text.splitlines():
+        row = line.startswith("|")
+        if row and not previous:
+            blocks.append([])
+        if row:
+            blocks[-1].append(line)
+        previous = row
+    return blocks
+
+
+def test_docs_show_the_committed_tables() -> None:
+    """The README opens with these results: its tables (and the runs table of docs/results.md) are the committed
+    ones, row for row, with no row more or less."""
+    assert "results/cifar10_short/figures/fig6.png" in (REPO / "README.md").read_text()
+    for name, page in SHOWN_IN.items():
+        committed = table_blocks((RECORD / "tables" / f"{name}.md").read_text())
+        assert len(committed) == 1, name
+        header = committed[0][0]
+        shown = [block for block in table_blocks((REPO / page).read_text()) if block[0] == header]
+        assert len(shown) == 1, f"{page} shows tables/{name}.md {len(shown)} times (its header: {header})"
+        assert shown[0] == committed[0], f"{page}'s copy of tables/{name}.md differs from the committed table"
