@@ -53,6 +53,30 @@ def test_shared_blocks_finds_a_copy() -> None:
     assert shared_blocks(code, code[2:7], SHARED_BLOCK) == []
 
 
+def repeated_blocks(files: dict[str, list[str]], size: int) -> dict[tuple[str, ...], list[str]]:
+    """Each window of `size` normalized lines found more than once, within a file or across files."""
+    places: dict[tuple[str, ...], list[str]] = {}
+    for name, lines in files.items():
+        for i in range(len(lines) - size + 1):
+            places.setdefault(tuple(lines[i : i + size]), []).append(name)
+    return {block: where for block, where in places.items() if len(where) > 1}
+
+
+def test_repeated_blocks_finds_copies_within_and_across_files() -> None:
+    code = [f"x{i} = {i}" for i in range(8)]
+    assert list(repeated_blocks({"a": code, "b": ["y = 0", *code[1:7]]}, SHARED_BLOCK).values()) == [["a", "b"]]
+    assert list(repeated_blocks({"a": [*code[:6], "z = 1", *code[:6]]}, SHARED_BLOCK).values()) == [["a", "a"]]
+    assert repeated_blocks({"a": code, "b": code[:5]}, SHARED_BLOCK) == {}
+
+
+def test_no_block_of_six_lines_repeats_in_the_package() -> None:
+    # Data tables live in YAML (schedules, references), so every repeated block in src/ would be copied logic.
+    package = REPO / "src" / "resnet_repro"
+    files = {str(path.relative_to(package)): normalized_lines(path) for path in sorted(package.rglob("*.py"))}
+    copied = repeated_blocks(files, SHARED_BLOCK)
+    assert not copied, "\n\n".join(f"{where}:\n" + "\n".join(block) for block, where in copied.items())
+
+
 def test_the_trainers_share_no_block_of_code() -> None:
     # What both trainers need lives in resnet_repro.core; a block copied between them is logic that can drift.
     train_py, distributed_py = (normalized_lines(REPO / "src" / "resnet_repro" / name) for name in TRAINERS)
