@@ -10,6 +10,7 @@ null.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import re
@@ -69,8 +70,21 @@ def full_schedule(history: Path) -> dict[str, Any] | None:
     }
 
 
-def main() -> int:
-    dest, work, mode, status, seconds = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], *map(int, sys.argv[4:6])
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dest", type=Path, help="gpu_check.sh's output folder (summary.json is written there)")
+    parser.add_argument("work", type=Path, help="its work folder (bench_eager.json)")
+    parser.add_argument("mode", choices=["gpu", "cpu"], help="gpu, or cpu for --cpu-smoke")
+    parser.add_argument("status", type=int, help="the script's exit status")
+    parser.add_argument("seconds", type=int, help="the script's wall time")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    dest, work, mode, status, seconds = args.dest, args.work, args.mode, args.status, args.seconds
+    if not dest.is_dir():
+        sys.exit(f"error: {dest} is not a folder (the output folder of gpu_check.sh)")
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     summary = {
         "mode": mode,

@@ -128,6 +128,23 @@ def test_compile_failure_falls_back_to_eager(digits_dir: Path, tmp_path: Path) -
     assert "failed" in details["provenance"]["train_runtime"]
 
 
+def train_eager_and_with_compile(digits_dir: Path, tmp_path: Path) -> tuple[dict[str, dict], list[str]]:
+    """The same short run with compile off ("eager") and on ("fallback", through whatever torch.compile is
+    patched to): each run's model.pt payload, and the log lines of both."""
+    lines: list[str] = []
+
+    class Log(ProgressLog):
+        def line(self, text: str) -> None:
+            lines.append(text)
+
+    models = {}
+    for name, compile_setting in (("eager", "off"), ("fallback", "on")):
+        settings = resolve_settings("demo", {**SHORT_SETTINGS, "compile": compile_setting})
+        train(RunSpec("resnet8", 0, settings, digits_dir, tmp_path / name, "cpu"), log=Log(60))
+        models[name] = torch.load(tmp_path / name / "model.pt", weights_only=True)
+    return models, lines
+
+
 def test_failure_in_the_first_compiled_step_redoes_it_eagerly(
     digits_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -144,17 +161,7 @@ def test_failure_in_the_first_compiled_step_redoes_it_eagerly(
         return compiled
 
     monkeypatch.setattr(torch, "compile", compile_that_fails_when_run)
-    lines: list[str] = []
-
-    class Log(ProgressLog):
-        def line(self, text: str) -> None:
-            lines.append(text)
-
-    models = {}
-    for name, compile_setting in (("eager", "off"), ("fallback", "on")):
-        settings = resolve_settings("demo", {**SHORT_SETTINGS, "compile": compile_setting})
-        train(RunSpec("resnet8", 0, settings, digits_dir, tmp_path / name, "cpu"), log=Log(60))
-        models[name] = torch.load(tmp_path / name / "model.pt", weights_only=True)
+    models, lines = train_eager_and_with_compile(digits_dir, tmp_path)
     assert compiled_calls == [64]  # one compiled step tried, then eager for good
     assert [line for line in lines if "torch.compile failed" in line] == [
         "torch.compile failed (RuntimeError: CUDA graph capture failed); training continues eager from iteration 0"
@@ -244,17 +251,7 @@ def test_a_failure_while_cuda_graphs_record_is_retaken_eagerly(
 
     monkeypatch.setattr(torch, "compile", compile_that_fails_when_recording)
     monkeypatch.setitem(runtime_module.GUARDED_STEPS, "other", runtime_module.GUARDED_STEPS["cudagraphs"])
-    lines: list[str] = []
-
-    class Log(ProgressLog):
-        def line(self, text: str) -> None:
-            lines.append(text)
-
-    models = {}
-    for name, compile_setting in (("eager", "off"), ("fallback", "on")):
-        settings = resolve_settings("demo", {**SHORT_SETTINGS, "compile": compile_setting})
-        train(RunSpec("resnet8", 0, settings, digits_dir, tmp_path / name, "cpu"), log=Log(60))
-        models[name] = torch.load(tmp_path / name / "model.pt", weights_only=True)
+    models, lines = train_eager_and_with_compile(digits_dir, tmp_path)
     assert calls == [64, 64]  # the warm-up, then the recording that failed; eager from then on
     assert [line for line in lines if "torch.compile failed" in line] == [
         "torch.compile failed (RuntimeError: CUDA error: operation not permitted when stream is capturing); "
