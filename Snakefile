@@ -33,8 +33,20 @@ try:
     # A local image folder missing here is left to the jobs that need it (a missing input), not a stop for all.
     PLAN = plan.build_plan(plan.validated(config), check_data=False)
     stages.sync_dvc_yaml(PLAN)
+    # Every run's settings.json, the file its training job reads: rewritten here only where it changed, so it is
+    # current before any job starts and no file time says more than its content.
+    plan.write_specs(PLAN)
 except ReproError as error:
     raise SystemExit(f"error: {error}")
+
+
+# Before the first job (not in a dry run, nor when nothing is to be done): DVC records that plan, by its own `plan`
+# stage (the same step, which reruns only when config.yaml's runs or the planning code changed). Not a job: a job
+# upstream of every training job would rerun them all whenever it reran. Not beside the jobs either: DVC locks the
+# settings files while that stage runs.
+onstart:
+    shell(f"mkdir -p logs && dvc --wait-for-lock repro --single-item {stages.PLAN_STAGE} > logs/plan.log 2>&1")
+
 
 # With `--sdm apptainer` every step runs in its pinned image (containers/); without it, natively.
 TRAIN_IMAGE = stages.container_image("train")

@@ -26,8 +26,8 @@ if str(REPO / "src") not in sys.path:  # run from a checkout without installing 
     sys.path.insert(0, str(REPO / "src"))
 
 from resnet_repro.catalog import CATALOG  # noqa: E402
-from resnet_repro.data import PreparedData  # noqa: E402
 from resnet_repro.models import build_model  # noqa: E402
+from resnet_repro.prepared import PreparedData  # noqa: E402
 from resnet_repro.runtime import Runtime, choose_runtime, cpu_has_fast_bf16, pick_device  # noqa: E402
 from resnet_repro.settings import TrainSettings, resolve_settings  # noqa: E402
 from resnet_repro.train import StepRunner, build_training  # noqa: E402

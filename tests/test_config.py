@@ -128,12 +128,12 @@ def test_the_schemas_settings_are_exactly_the_trainers_settings() -> None:
 
 
 def test_training_threads_spread_the_cores_over_an_experiments_runs() -> None:
-    from resnet_repro.stages import train_threads
+    from resnet_repro.resources import train_threads
 
     config = copy.deepcopy(BASE)
     plan = build_plan(config, check_data=False)
     degradation = plan.experiments["degradation"][0]  # 2 runs
-    depth = next(run for run in plan.experiments["cifar10_depth"] if run.experiment == "cifar10_depth")  # 13 runs
+    depth = next(run for run in plan.experiments["cifar10_depth"] if plan.experiment_of(run) == "cifar10_depth")  # 13
     assert train_threads(plan, degradation, 2) == 1 and train_threads(plan, depth, 2) == 1
     assert train_threads(plan, degradation, 16) == 8 and train_threads(plan, depth, 16) == 1
     assert train_threads(plan, depth, 64) == 4

@@ -125,6 +125,7 @@ def _intended(plan, source: str, folder: str, imagenet: str) -> dict[str, list[s
         "prepare-mine": ["prepare", "imagefolder", "--raw", folder, "--out", prepared_dir("mine")],
         "index-imagenet": ["index-imagenet", "--path", imagenet, "--out", prepared_dir("imagenet")],
         "summary": ["summary", "--config", "config.yaml", "--out", SUMMARY_DIR],
+        "plan": ["plan", "--config", "config.yaml"],
     }
     for name, runs in plan.experiments.items():
         argv[f"render-{name}"] = ["render", "--config", "config.yaml", "--experiment", name]
@@ -133,13 +134,14 @@ def _intended(plan, source: str, folder: str, imagenet: str) -> dict[str, list[s
             argv[f"responses-{run.key}"] = ["responses", "--run", run.folder, "--data", run.prepared]
             argv[f"responses-{run.key}"] += ["--out", run.responses]
         for run in runs:
-            where = ["--config", "config.yaml", "--experiment", name]
-            train = [*where, "--model", run.model, "--seed", str(run.seed), "--data", run.prepared, "--out", run.folder]
+            spec = ["--settings", run.settings_file]
+            train = [*spec, "--data", run.prepared, "--out", run.folder]
             if run.dataset == "imagenet":
-                argv[f"train-{run.key}"] = ["launch", *where, "--", "train-imagenet", *train]
+                argv[f"train-{run.key}"] = ["launch", *spec, "--", "train-imagenet", *train]
             else:
                 argv[f"train-{run.key}"] = ["train", *train]
-            argv[f"evaluate-{run.key}"] = ["evaluate", "--run", run.folder, "--data", run.prepared]
+            evaluate = "evaluate-imagenet" if run.dataset == "imagenet" else "evaluate"
+            argv[f"evaluate-{run.key}"] = [evaluate, "--run", run.folder, "--data", run.prepared]
     return {stage: ["resnet-repro", *words] for stage, words in argv.items()}
 
 

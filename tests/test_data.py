@@ -13,9 +13,12 @@ import pytest
 import torch
 from conftest import make_cifar_archive, md5_of, run_cli
 
-from resnet_repro.data import fetch, load_prepared, prepare, safe_extract
+from resnet_repro.device_data import augment_batch
 from resnet_repro.errors import DataError
-from resnet_repro.train import augment_batch
+from resnet_repro.extract import safe_extract
+from resnet_repro.fetch import fetch
+from resnet_repro.prepare import prepare
+from resnet_repro.prepared import load_prepared
 
 
 def _leftovers(folder: Path) -> list[str]:

@@ -79,6 +79,7 @@ def test_dvc_exp_run_retrains_only_the_run_it_changes(workspace: Path) -> None:
     run = sh("dvc", "exp", "run", "-S", "config.yaml:experiments.tiny.models.resnet8.settings.lr=0.05", cwd=workspace)
     assert dvc_stages_run(run.stdout) == [
         "evaluate-digits-resnet8-seed0",
+        "plan",  # config.yaml's runs changed: settings.json resolved again (only resnet8's is rewritten)
         "render-tiny",
         "responses-digits-resnet8-seed0",
         "summary",

@@ -330,9 +330,12 @@ def test_lock_folder_refusal_is_one_line_from_the_cli(tmp_path: Path, digits_dir
 
 # -------------------------------------------------------------------------------------- Snakemake resources
 PACKED_SNAKEFILE = """
-from resnet_repro import gpu
+import os
 
-RUNS = gpu.setup_snakemake(workflow, config, local=True)
+from resnet_repro import gpu, resources
+
+RUNS = resources.setup_snakemake(workflow, config, local=True)
+os.environ[gpu.RUNS_PER_DEVICE_ENV] = str(RUNS)  # as workflow/rules/common.smk: what the jobs inherit
 
 rule all:
     input: expand("out/packed{i}.txt", i=range(6)), "out/whole.txt"
@@ -340,16 +343,16 @@ rule all:
 rule packed:
     output: "out/packed{i}.txt"
     resources:
-        gpu=gpu.job_resources(1, RUNS, packable=True)["gpu"],
-        gpu_slots=gpu.job_resources(1, RUNS, packable=True)["gpu_slots"],
+        gpu=resources.job_resources(1, RUNS, packable=True)["gpu"],
+        gpu_slots=resources.job_resources(1, RUNS, packable=True)["gpu_slots"],
     shell: "python3 -c 'import os, time; print(time.time(), os.environ[\\"RESNET_REPRO_GPU_RUNS_PER_DEVICE\\"])' "
            "> {output}; sleep 1; python3 -c 'import time; print(time.time())' >> {output}"
 
 use rule packed as whole with:
     output: "out/whole.txt"
     resources:
-        gpu=gpu.job_resources(1, RUNS, packable=False)["gpu"],
-        gpu_slots=gpu.job_resources(1, RUNS, packable=False)["gpu_slots"],
+        gpu=resources.job_resources(1, RUNS, packable=False)["gpu"],
+        gpu_slots=resources.job_resources(1, RUNS, packable=False)["gpu_slots"],
 """
 
 
@@ -377,7 +380,7 @@ def test_snakemake_packs_slots_but_gpu_keeps_counting_gpus(tmp_path: Path) -> No
 
 def test_gpu_runs_per_device_is_a_checked_config_value() -> None:
     from resnet_repro.errors import ConfigError
-    from resnet_repro.gpu import config_runs_per_device, job_resources
+    from resnet_repro.resources import config_runs_per_device, job_resources
     from resnet_repro.plan import load_config, validate_config
 
     config = load_config(REPO / "config.yaml")

@@ -212,7 +212,7 @@ def test_ranks_together_train_on_the_batch_of_one_process(world: int) -> None:
 
 # ---------------------------------------------------------------------------------------------- launcher
 def test_launch_commands(monkeypatch: pytest.MonkeyPatch) -> None:
-    from resnet_repro.distributed import launch_command
+    from resnet_repro.launch import launch_command
 
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     local = launch_command(1, 2, ["train-imagenet", "--model", "resnet18"])
@@ -246,7 +246,8 @@ def _has_scontrol() -> bool:
 
 def test_plan_resources_and_stages(tiny_imagenet: Path) -> None:
     from resnet_repro.plan import build_plan
-    from resnet_repro.stages import dvc_stages, imagenet_resources
+    from resnet_repro.resources import imagenet_resources
+    from resnet_repro.stages import dvc_stages
 
     config = imagenet_config(tiny_imagenet, nodes=2, per_node=4, device="auto")
     plan = build_plan(config)
@@ -258,8 +259,14 @@ def test_plan_resources_and_stages(tiny_imagenet: Path) -> None:
     assert "fetch-imagenet" not in stages and "prepare-imagenet" not in stages
     assert stages["index-imagenet"]["params"] == [{"config.yaml": ["datasets.imagenet.path"]}]
     train = stages["train-imagenet-resnet18-seed0"]["cmd"]
-    assert train.startswith("resnet-repro launch --config config.yaml --experiment imagenet -- train-imagenet ")
+    spec = "results/imagenet/resnet18/seed0/settings.json"
+    assert train.startswith(f"resnet-repro launch --settings {spec} -- train-imagenet --settings {spec} ")
     assert "nproc" not in train  # the GPU count is read at run time: changing it does not retrain
+    # ... nor is it among the params: only what changes the result is
+    assert stages["train-imagenet-resnet18-seed0"]["params"] == [
+        {spec: ["dataset", "model", "seed", "settings", "distributed.sync_bn"]}
+    ]
+    assert stages["evaluate-imagenet-resnet18-seed0"]["cmd"].startswith("resnet-repro evaluate-imagenet ")
     cpu_config = imagenet_config(tiny_imagenet)
     single = imagenet_resources(build_plan(cpu_config).run("imagenet", "resnet18", 0))
     assert single["gpu"] == 0 and single["nodes"] is None and single["mpi"] is None
@@ -328,7 +335,7 @@ def shipped_config_with(path: Path, *enabled: str) -> dict:
 
 def test_table3_shares_its_runs_and_scales_wall_time_with_depth(tiny_imagenet: Path) -> None:
     from resnet_repro.plan import build_plan
-    from resnet_repro.stages import experiment_needs, imagenet_resources
+    from resnet_repro.resources import experiment_needs, imagenet_resources
 
     plan = build_plan(shipped_config_with(tiny_imagenet, "imagenet", "imagenet_table3"))
     assert [run.model for run in plan.experiments["imagenet_table3"]] == TABLE3_MODELS
@@ -535,8 +542,9 @@ def test_provenance_names_the_runtime_that_ran(
     torch.compile: a real CPU compile of ResNet-18 takes minutes)."""
     import torch
 
-    from resnet_repro.distributed import DistSpec, train_distributed
-    from resnet_repro.settings import TrainSettings
+    from resnet_repro.distributed import train_distributed
+    from resnet_repro.runspec import RunSpec
+    from resnet_repro.settings import DistributedOptions, TrainSettings
 
     calls: list[int] = []
 
@@ -553,7 +561,8 @@ def test_provenance_names_the_runtime_that_ran(
     monkeypatch.setattr(torch, "compile", stand_in_compile)
     settings = TrainSettings.from_dict({**TINY_SCHEDULE, "compile": "off" if compiled == "off" else "on"})
     out = tmp_path / "run"
-    train_distributed(DistSpec("resnet18", 0, settings, tiny_index, out, device="cpu", workers=0))
+    spec = RunSpec("imagenet", "resnet18", 0, settings, DistributedOptions(device="cpu", workers=0))
+    train_distributed(spec, tiny_index, out)
     runtime = torch.load(out / "model.pt", weights_only=True)["runtime"]
     assert runtime["world_size"] == 1 and runtime["device"] == "cpu" and runtime["fused_sgd"] is False
     assert [r["iteration"] for r in history(out)] == [3, 6, 9]

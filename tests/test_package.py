@@ -51,7 +51,7 @@ def test_the_cycle_finder_finds_cycles() -> None:
 def test_the_graph_sees_relative_and_lazy_imports() -> None:
     graph = import_graph()
     assert "resnet_repro.render.outputs" in graph["resnet_repro.stages"]
-    assert {"resnet_repro.paths", "resnet_repro.render.report"} <= graph["resnet_repro.cli"]  # in functions
+    assert {"resnet_repro.paths", "resnet_repro.render.report"} <= graph["resnet_repro.commands.render"]  # in functions
     assert "resnet_repro.render" in graph["resnet_repro.stages"]  # a module's packages run first
     assert "resnet_repro.catalog" in graph["resnet_repro.render.names"]  # `from ..catalog import`
 

@@ -150,6 +150,7 @@ def test_changed_learning_rate_reruns_exactly_that_run(built: Path) -> None:
     repro = sh("dvc", "repro", cwd=built).stdout
     assert dvc_stages_run(repro) == sorted(
         [
+            "plan",  # the changed setting resolved into resnet8's settings.json (the only one rewritten)
             "train-digits-resnet8-seed0",
             "evaluate-digits-resnet8-seed0",
             "responses-digits-resnet8-seed0",

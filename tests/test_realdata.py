@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from resnet_repro.data import load_prepared
+from resnet_repro.prepared import load_prepared
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 

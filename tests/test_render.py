@@ -884,11 +884,12 @@ def test_real_digits_runs_render(tmp_path: Path, digits_dir: Path) -> None:
     shutil.copytree(REPO / "workflow/schemas", tmp_path / "workflow/schemas")
     plan = load_plan(tmp_path / "config.yaml")
     cfg = str(tmp_path / "config.yaml")
+    run_cli("plan", "--config", cfg, "--root", str(tmp_path))
     for run in plan.experiments["demo"]:
         folder = str(tmp_path / run.folder)
-        args = ["--model", run.model, "--seed", str(run.seed), "--data", str(digits_dir), "--out", folder]
         # Training as a real process (the trainer's progress log holds on to the stderr it started with).
-        run_cli("train", "--config", cfg, "--experiment", "demo", *args, "--device", "cpu")
+        args = ["--settings", str(tmp_path / run.settings_file), "--data", str(digits_dir), "--out", folder]
+        run_cli("train", *args, "--device", "cpu")
         assert cli_main(["evaluate", "--run", folder, "--data", str(digits_dir), "--device", "cpu"]) == 0
     for run in response_runs(plan, "demo"):
         out = str(tmp_path / run.responses)

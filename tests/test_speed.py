@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnet_repro.data import prepare
+from resnet_repro.prepare import prepare
 from resnet_repro.runfiles import TIMING_FIELDS
+from resnet_repro.runspec import RunSpec
 from resnet_repro.runtime import CPU_COMPILE_MIN_ITERATIONS, choose_runtime
 from resnet_repro.settings import resolve_settings
-from resnet_repro.train import RunSpec, StepRunner, build_training, train
+from resnet_repro.train import StepRunner, build_training, train
 
 REPO = Path(__file__).resolve().parents[1]
 CUDA = torch.cuda.is_available()
@@ -54,7 +55,7 @@ def one_thread():
 
 def run(data: Path, out: Path, seed: int, device: str = "cpu", **overrides: object) -> list[dict[str, str]]:
     settings = resolve_settings("demo", {**SHORT, **overrides})
-    train(RunSpec("resnet20", seed, settings, data, out, device))
+    train(RunSpec("digits", "resnet20", seed, settings), data, out, device)
     with open(out / "history.csv") as handle:
         return list(csv.DictReader(handle))
 
@@ -114,7 +115,7 @@ def test_compile_auto_only_on_long_runs() -> None:
 
 def test_step_runner_matches_epoch_randomness(speed_digits: Path) -> None:
     # The step's batch is the (seed, epoch) permutation, cropped and flipped: resuming mid-epoch depends on it.
-    from resnet_repro.data import load_prepared
+    from resnet_repro.prepared import load_prepared
 
     settings = resolve_settings("demo", PLAIN)
     model, optimizer, data, runtime = build_training(
@@ -201,7 +202,7 @@ def test_cuda_fast_compiled_path_agrees_with_fp32(speed_digits: Path, tmp_path: 
 @pytest.mark.gpu
 @needs_cuda
 def test_cuda_training_data_stays_on_device(speed_digits: Path) -> None:
-    from resnet_repro.data import load_prepared
+    from resnet_repro.prepared import load_prepared
 
     settings = resolve_settings("demo", {"compile": "off"})
     device = torch.device("cuda")
@@ -224,7 +225,7 @@ def test_cuda_training_data_stays_on_device(speed_digits: Path) -> None:
 @pytest.mark.gpu
 @needs_cuda
 def test_cuda_cudnn_benchmark_and_fused_optimizer(speed_digits: Path) -> None:
-    from resnet_repro.data import load_prepared
+    from resnet_repro.prepared import load_prepared
 
     settings = resolve_settings("demo")
     _, optimizer, _, _ = build_training("resnet20", settings, load_prepared(speed_digits), torch.device("cuda"), 0)

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
+from resnet_repro.archives import ARCHIVES
 from resnet_repro.cli import build_parser
-from resnet_repro.data import ARCHIVES
 from resnet_repro.errors import ConfigError, DataError
 from resnet_repro.plan import DIGITS, IMAGENET, reads_image_folder
 from resnet_repro.render.results import load_run
+from resnet_repro.resources import SLURM_TRAIN_EXTRA
 from resnet_repro.runfiles import write_evaluation
 from resnet_repro.settings import (
     PAPER_SCHEDULE,
@@ -24,17 +25,18 @@ from resnet_repro.settings import (
     per_process_batch,
     rendezvous_port,
 )
-from resnet_repro.stages import SLURM_TRAIN_EXTRA, prepare_inputs
+from resnet_repro.stages import prepare_inputs
 
 
 def test_training_jobs_get_the_slurm_flags_from_one_place() -> None:
-    """The train rule and ImageNet's training resources name stages.SLURM_TRAIN_EXTRA, not the flags."""
+    """The train rule and ImageNet's training resources name resources.SLURM_TRAIN_EXTRA, not the flags."""
     assert SLURM_TRAIN_EXTRA == "--signal=TERM@300 --open-mode=append"
     rules = {path.name: path.read_text() for path in (REPO / "workflow").rglob("*.smk")}
-    assert "slurm_extra=stages.SLURM_TRAIN_EXTRA" in rules["train.smk"]
+    assert "slurm_extra=_resources.SLURM_TRAIN_EXTRA" in rules["train.smk"]
     for name, text in rules.items():
         assert "--signal=TERM" not in text, name
-    assert (REPO / "src/resnet_repro/stages.py").read_text().count("--signal=TERM") == 1
+    package = (REPO / "src/resnet_repro").rglob("*.py")
+    assert sum(path.read_text().count("--signal=TERM") for path in package) == 1
 
 
 def test_the_rendezvous_port_comes_from_the_job_id_or_the_command_line() -> None:
@@ -48,7 +50,7 @@ def test_the_rendezvous_port_comes_from_the_job_id_or_the_command_line() -> None
         port_help % {}
         == f"rendezvous port for several nodes (default {RENDEZVOUS_PORT_BASE} + job id % {RENDEZVOUS_PORT_SPAN})"
     )
-    assert not re.search(r"\b20000\b", (REPO / "src/resnet_repro/cli.py").read_text())
+    assert not re.search(r"\b20000\b", (REPO / "src/resnet_repro/commands/launch.py").read_text())
 
 
 def test_the_global_batch_must_divide_into_the_processes() -> None:
@@ -87,5 +89,5 @@ def test_each_training_subcommand_names_its_default_schedule_once() -> None:
     assert parser.parse_args(["train-imagenet", *run]).default_schedule == "imagenet_paper"
     assert parser.parse_args(["train", *run, "--schedule", "demo"]).schedule == "demo"
     assert set(load_schedules()) >= {PAPER_SCHEDULE, "imagenet_paper"}
-    cli = (REPO / "src/resnet_repro/cli.py").read_text()
-    assert cli.count('"imagenet_paper"') == 1 and '"cifar_paper"' not in cli
+    commands = "".join(path.read_text() for path in (REPO / "src/resnet_repro/commands").glob("*.py"))
+    assert commands.count('"imagenet_paper"') == 1 and '"cifar_paper"' not in commands

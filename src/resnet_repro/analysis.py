@@ -14,14 +14,14 @@ from typing import Any
 
 import torch
 
-from .data import load_prepared
+from .device_data import DeviceData
 from .errors import DataError
-from .evaluate import load_trained_model
+from .modelfile import load_trained_model
 from .models import response_layers
+from .prepared import load_prepared
 from .runfiles import atomic_write_bytes
 from .runtime import pick_device
 from .settings import TrainSettings
-from .train import DeviceData
 
 
 class _Moments:

@@ -1,10 +1,8 @@
-"""Data-parallel training from a streaming loader (ImageNet): one process per GPU under torchrun, and its launcher.
+"""Data-parallel training from a streaming loader (ImageNet): one process per GPU under torchrun.
 
     resnet-repro launch --nodes 1 --nproc-per-node 8 -- train-imagenet --model resnet34 --data ... --out ...
 
-`launch` runs `torchrun --standalone` on one machine (taking that many GPU slots, see resnet_repro.gpu), or, with
---nodes N > 1 inside a SLURM allocation, `srun` one torchrun agent per task with a c10d rendezvous on the first
-task's host. Each worker process runs `train-imagenet`, i.e. `train_distributed` below:
+`launch` (resnet_repro.launch) starts the processes; each runs `train-imagenet`, i.e. `train_distributed` below:
 
 * the learning rate and the batch are global: each of the W ranks trains on batch/W samples per step, DDP averages
   the gradients, so a step is the step of one process on the whole batch (up to BN, see below);
@@ -27,12 +25,7 @@ NCCL on CUDA, gloo on CPU.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,34 +34,20 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .core import Job, Run
-from .errors import ConfigError, ReproError
+from .core import TrainingRun
+from .errors import ConfigError
 from .imagenet import Augment, EpochSampler, Index, TestImages, TrainImages, load_index, loader_options, normalizer
+from .modelfile import DataFacts
 from .models import build_model
 from .progress import ProgressLog
-from .runtime import Forward, Runtime, choose_runtime, configure_backends, make_optimizer, pick_device, train_step
-from .settings import DistributedOptions, TrainSettings, per_process_batch, rendezvous_port, settings_hash
+from .runspec import RunSpec
+from .runtime import Runtime, choose_runtime, configure_backends, pick_device
+from .settings import DistributedOptions, per_process_batch
+from .step import Forward, make_optimizer, train_step
 from .world import World, stop_signals, world_from_env
 
-
-@dataclass
-class DistSpec:
-    model: str
-    seed: int
-    settings: TrainSettings
-    data_dir: Path  # the ImageNet index folder (resnet-repro index-imagenet)
-    out_dir: Path
-    device: str = DistributedOptions.device
-    workers: int = DistributedOptions.workers  # DataLoader workers per rank
-    sync_bn: bool = DistributedOptions.sync_bn
-    eval_batch: int = 100  # per rank, for the centre-crop evaluations during training
-
-
-def run_identity(model: str, index: Index, seed: int, settings: TrainSettings, sync_bn: bool) -> str:
-    """The run's identity: train.py's settings hash, plus SyncBN (it changes the result); not the world size, so a
-    checkpoint resumes on another number of GPUs."""
-    run_id = settings_hash(model, index.sha256, seed, settings)
-    return f"{run_id}-syncbn" if sync_bn else run_id
+# Validation images per rank and batch, for the centre-crop evaluations during training.
+EVAL_BATCH = 100
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -120,10 +99,13 @@ def convert_global_bn(module: nn.Module) -> nn.Module:
 DATA_PARALLEL_COMPILE_MODES = {"cuda": "default", "cpu": "default"}
 
 
-def train_distributed(spec: DistSpec, log: ProgressLog | None = None) -> Path:
-    """Train one run with this process as one rank (torchrun sets RANK/WORLD_SIZE/LOCAL_RANK); return model.pt."""
+def train_distributed(spec: RunSpec, data_dir: Path, out: Path, log: ProgressLog | None = None) -> Path:
+    """Train run `spec` from the ImageNet index `data_dir` into `out` with this process as one rank (torchrun sets
+    RANK/WORLD_SIZE/LOCAL_RANK), its layout (device, loader workers, SyncBatchNorm) from `spec.distributed`;
+    return model.pt."""
+    layout = spec.distributed or DistributedOptions()
     world = world_from_env()
-    device = pick_device(spec.device, world.local_rank)
+    device = pick_device(layout.device, world.local_rank)
     if world.size > 1:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
@@ -131,9 +113,9 @@ def train_distributed(spec: DistSpec, log: ProgressLog | None = None) -> Path:
         dist.init_process_group(backend, **({"device_id": device} if device.type == "cuda" else {}))
     try:
         # Before the stop handlers: starting the loader workers' server briefly ignores stop signals.
-        options = loader_options(spec.workers, pin_memory=device.type == "cuda")
+        options = loader_options(layout.workers, pin_memory=device.type == "cuda")
         with stop_signals() as stop:
-            return _train(spec, world, device, options, stop, log)
+            return _train(spec, layout, Path(data_dir), Path(out), world, device, options, stop, log)
     finally:
         if world.size > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -147,7 +129,7 @@ class ImageNetSteps:
 
     def __init__(
         self,
-        spec: DistSpec,
+        spec: RunSpec,
         world: World,
         runtime: Runtime,
         model: nn.Module,
@@ -156,7 +138,7 @@ class ImageNetSteps:
         options: dict[str, Any],
     ) -> None:
         settings, device = spec.settings, runtime.device
-        self.world, self.runtime, self.model, self.optimizer, self.device = world, runtime, model, optimizer, device
+        self.world, self.model, self.optimizer, self.device = world, model, optimizer, device
         self.batch, self.per_rank = settings.batch_size, settings.batch_size // world.size
         self.augment = Augment.from_settings(settings.augment)
         self.mean, self.std = normalizer(index, settings.normalize, device)
@@ -181,8 +163,13 @@ class ImageNetSteps:
         )
         val_items = index.val[world.rank :: world.size]  # disjoint shards; sums are all-reduced: exact, no padding
         self.val_loader = torch.utils.data.DataLoader(
-            TestImages(index, self.augment, ten_crop=False, items=val_items), batch_size=spec.eval_batch, **options
+            TestImages(index, self.augment, ten_crop=False, items=val_items), batch_size=EVAL_BATCH, **options
         )
+
+    @property
+    def runtime(self) -> Runtime:
+        """What the steps run as now (after a compile fallback: eager)."""
+        return self.forward.runtime
 
     def batches(self, start: int) -> Iterator[Any]:
         epoch, position = divmod(start, self.steps_per_epoch)
@@ -196,7 +183,7 @@ class ImageNetSteps:
         x = (x + shift.to(device, non_blocking=True)[:, :, None, None]).sub_(self.mean).div_(self.std)
         if self.runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return train_step(self.forward, self.optimizer, self.runtime, x, y.to(device, non_blocking=True), lr)
+        return train_step(self.forward, self.optimizer, x, y.to(device, non_blocking=True), lr)
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
@@ -221,7 +208,10 @@ class ImageNetSteps:
 
 
 def _train(
-    spec: DistSpec,
+    spec: RunSpec,
+    layout: DistributedOptions,
+    data_dir: Path,
+    out: Path,
     world: World,
     device: torch.device,
     options: dict[str, Any],
@@ -229,9 +219,9 @@ def _train(
     log: ProgressLog | None,
 ) -> Path:
     settings = spec.settings
-    index = load_index(spec.data_dir)
+    index = load_index(data_dir)
     per_rank = per_process_batch(settings.batch_size, world.size)
-    synchronized_bn = spec.sync_bn and world.size > 1
+    synchronized_bn = layout.sync_bn and world.size > 1
     runtime = choose_runtime(settings, device, DATA_PARALLEL_COMPILE_MODES, sync_bn=synchronized_bn)
     configure_backends(runtime)
     augment = Augment.from_settings(settings.augment)
@@ -246,125 +236,15 @@ def _train(
     if device.type == "cuda":  # the weights are drawn; from here each rank's CUDA stream is its own
         torch.cuda.manual_seed(rank_seed(spec.seed, world.rank))
     optimizer = make_optimizer(model, settings, runtime)
-    job = Job(
-        model_name=spec.model,
-        seed=spec.seed,
-        settings=settings,
-        run_id=run_identity(spec.model, index, spec.seed, settings, spec.sync_bn),
-        out=Path(spec.out_dir),
-        dataset={"name": "imagenet", "sha256": index.sha256},
-        num_classes=len(index.classes),
-        in_channels=3,
-        image_size=augment.crop,
-        runtime_extra={"world_size": world.size, "sync_bn": spec.sync_bn},
-    )
-    run = Run(job, model, optimizer, runtime, stop, world, log)
-    run.resume()  # before DDP wraps the model: it broadcasts rank 0's (resumed) weights
+    facts = DataFacts("imagenet", index.sha256, len(index.classes), 3, augment.crop)
+    extra = {"world_size": world.size, "sync_bn": layout.sync_bn}
+    # Resumed on construction, before DDP wraps the model: it broadcasts rank 0's (resumed) weights.
+    run = TrainingRun(spec, out, facts, model, optimizer, device, stop, world, log, runtime_extra=extra)
     steps = ImageNetSteps(spec, world, runtime, model, optimizer, index, options)
     describe = (
-        f"on ImageNet index {spec.data_dir} [{len(steps.train_set)} train / {len(index.val)} val, "
+        f"on ImageNet index {data_dir} [{len(steps.train_set)} train / {len(index.val)} val, "
         f"{len(index.classes)} classes], seed {spec.seed}, {settings.iterations} iterations of global batch "
         f"{settings.batch_size} = {world.size} x {per_rank}, {steps.steps_per_epoch} steps per epoch, "
-        f"{spec.workers} loader workers per process, BN {'synchronized' if spec.sync_bn else 'per process'}"
+        f"{layout.workers} loader workers per process, BN {'synchronized' if layout.sync_bn else 'per process'}"
     )
     return run.train(steps, describe)
-
-
-# ------------------------------------------------------------------------------------------------- launcher
-def _torchrun() -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run"]
-
-
-def _slurm_head_host() -> str:
-    """The first host of this SLURM step (or job): where the rendezvous store lives."""
-    nodelist = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST")
-    if not nodelist:
-        raise ReproError("no SLURM_STEP_NODELIST/SLURM_JOB_NODELIST: `launch --agent` must run under srun")
-    hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
-    return hosts.stdout.split()[0]
-
-
-def _slurm_job_field(name: str) -> str | None:
-    """One field of `scontrol show job` for this job (the job step plugin strips most SLURM_* variables)."""
-    job = os.environ.get("SLURM_JOB_ID")
-    if not job or shutil.which("scontrol") is None:
-        return None
-    shown = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True)
-    for token in shown.stdout.split():
-        key, _, value = token.partition("=")
-        if key == name:
-            return value
-    return None
-
-
-def launch_command(
-    nodes: int, nproc_per_node: int, args: list[str], port: int | None = None, agent: bool = False
-) -> list[str]:
-    """The command line `launch` executes (exposed for tests and the docs).
-
-    nodes == 1: torchrun --standalone (a free local port, nothing shared).
-    nodes > 1, in a SLURM allocation: srun one `launch --agent` task per node; each agent (agent=True) then runs
-    torchrun with --nnodes = the step's task count and a c10d rendezvous on the step's first host."""
-    train = ["-m", "resnet_repro.cli", *args]
-    port_now = rendezvous_port(port, os.environ.get("SLURM_JOB_ID"))
-    if nodes == 1 and not agent:
-        return [*_torchrun(), "--standalone", "--nnodes", "1", "--nproc-per-node", str(nproc_per_node), *train]
-    if agent:
-        tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("SLURM_NTASKS") or nodes)
-        procid = int(os.environ.get("SLURM_PROCID", "0"))
-        host = _slurm_head_host()
-        return [
-            *_torchrun(),
-            "--nnodes", str(tasks),
-            "--nproc-per-node", str(nproc_per_node),
-            "--rdzv-backend", "c10d",
-            "--rdzv-endpoint", f"{host}:{port_now}",
-            "--rdzv-id", os.environ.get("SLURM_JOB_ID", "resnet-repro"),
-            # The first task hosts the store: decided, not guessed from host names (two tasks may share a host).
-            "--rdzv-conf", f"is_host={'true' if procid == 0 else 'false'}",
-            *train,
-        ]  # fmt: skip
-    if not os.environ.get("SLURM_JOB_ID"):
-        raise ConfigError(
-            f"{nodes} nodes need a SLURM allocation (run the pipeline with --profile workflow/profiles/slurm); "
-            "on one machine set distributed.nodes: 1"
-        )
-    srun = ["srun", f"--ntasks={nodes}", "--kill-on-bad-exit=1"]
-    cpus = _slurm_job_field("CPUs/Task")
-    if cpus and cpus.isdigit():  # the step would otherwise get one CPU per task (the plugin hides the job's value)
-        srun.append(f"--cpus-per-task={cpus}")
-    agent_cmd = [sys.executable, "-m", "resnet_repro.cli", "launch", "--agent", "--nodes", str(nodes)]
-    agent_cmd += [
-        "--nproc-per-node",
-        str(nproc_per_node),
-        "--port",
-        str(port_now),
-        "--",
-        *args,
-    ]
-    return [*srun, *agent_cmd]
-
-
-def launch(
-    nodes: int, nproc_per_node: int, args: list[str], port: int | None = None, agent: bool = False, device: str = "auto"
-) -> int:
-    """Replace this process with the launch command (signals then reach torchrun/srun directly). On one machine
-    with CUDA, first take `nproc_per_node` GPU slots: the lock files stay held by the exec'd torchrun."""
-    if nodes < 1 or nproc_per_node < 1:
-        raise ConfigError("--nodes and --nproc-per-node must be >= 1")
-    command = launch_command(nodes, nproc_per_node, args, port, agent)
-    if nodes == 1 and not agent and device in ("auto", "cuda"):
-        from .gpu import acquire_gpu_slots, require_cuda
-
-        slots = acquire_gpu_slots(nproc_per_node)  # whole devices: ImageNet jobs are never packed
-        for slot in slots:
-            slot.keep_across_exec()
-        if slots:
-            print(f"using GPU slots {[s.name for s in slots]}", file=sys.stderr)
-            require_cuda(slots)
-    print("launch: " + " ".join(command), file=sys.stderr, flush=True)
-    try:
-        os.execvp(command[0], command)
-    except FileNotFoundError:
-        raise ReproError(f"cannot run {command[0]!r}: not found on PATH") from None
-    return 1  # not reached

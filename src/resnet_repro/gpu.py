@@ -37,10 +37,8 @@ from .errors import ConfigError, ReproError
 
 SLOTS_ENV = "RESNET_REPRO_GPU_SLOTS"  # a device count (indices 0..N-1) where nvidia-smi cannot list them
 LOCK_DIR_ENV = "RESNET_REPRO_GPU_LOCK_DIR"
-RUNS_PER_DEVICE_ENV = "RESNET_REPRO_GPU_RUNS_PER_DEVICE"  # set by the Snakemake rules from gpu_runs_per_device
+RUNS_PER_DEVICE_ENV = "RESNET_REPRO_GPU_RUNS_PER_DEVICE"  # set by the Snakefile from gpu_runs_per_device
 VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
-CONFIG_KEY = "gpu_runs_per_device"
-SLOTS_RESOURCE = "gpu_slots"  # the Snakemake resource counting packed slots (see snakemake_resources)
 
 _INTEGER = re.compile(r"\d+")
 _UUID = re.compile(r"\(UUID: ((?:GPU|MIG)-[^)\s]+)\)")
@@ -372,45 +370,3 @@ def _cuda_reason(torch: object) -> str:
     except Exception as error:  # the driver's own words, first line only
         return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return "no device"
-
-
-# ------------------------------------------------------------------------------------- Snakemake resources
-def config_runs_per_device(config: dict) -> int:
-    """`gpu_runs_per_device` of a config.yaml (already schema-checked), default 1."""
-    return int(config.get(CONFIG_KEY, 1))
-
-
-def job_resources(gpus: int, runs_per_device: int, packable: bool) -> dict[str, int | None]:
-    """Snakemake resources of a job needing `gpus` GPUs, when each GPU holds `runs_per_device` slots.
-
-    `gpu` stays whole GPUs (what `--resources gpu=N` and SLURM's --gpus count); packing adds the integer resource
-    `gpu_slots`, in units of one slot (1/runs_per_device GPU), bounded by gpu x runs_per_device (see
-    snakemake_resources). A packed job asks one slot and no whole GPU; a whole-GPU job asks its GPUs in both units,
-    so packed and whole jobs together never exceed the GPUs given. None: Snakemake drops the key."""
-    if runs_per_device == 1 or gpus == 0:
-        return {"gpu": gpus, SLOTS_RESOURCE: None}
-    if packable and gpus == 1:
-        return {"gpu": 0, SLOTS_RESOURCE: 1}
-    return {"gpu": gpus, SLOTS_RESOURCE: gpus * runs_per_device}
-
-
-def slots_limit(gpus_given: int | None, runs_per_device: int) -> int | None:
-    """The `gpu_slots` bound for `--resources gpu=gpus_given`; None: no bound to add (no packing or no gpu bound)."""
-    if runs_per_device == 1 or gpus_given is None:
-        return None
-    return gpus_given * runs_per_device
-
-
-def setup_snakemake(workflow: object, config: dict, local: bool) -> int:
-    """Packing for a Snakemake run (from the Snakefile): runs per GPU (config on local runs; 1 under a cluster
-    executor, which gives every job whole GPUs), the gpu_slots bound derived from `--resources gpu=N` (unless given),
-    and RESNET_REPRO_GPU_RUNS_PER_DEVICE for the jobs to inherit (not part of any command: changing it reruns
-    nothing). Returns the runs per GPU."""
-    runs = config_runs_per_device(config) if local else 1
-    resources = workflow.global_resources  # type: ignore[attr-defined]
-    given = resources.get("gpu")
-    limit = slots_limit(getattr(given, "value", given), runs)
-    if limit is not None and SLOTS_RESOURCE not in resources:
-        workflow.register_resource(SLOTS_RESOURCE, limit)  # type: ignore[attr-defined]
-    os.environ[RUNS_PER_DEVICE_ENV] = str(runs)
-    return runs

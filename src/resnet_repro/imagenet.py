@@ -482,7 +482,7 @@ def layout_val(devkit: Path | str, images: Path | str, out: Path | str) -> int:
 
     from scipy.io import loadmat
 
-    from .data import reading_archive
+    from .extract import reading_archive
 
     out = Path(out)
     with reading_archive(Path(devkit), out) as tar:

@@ -14,6 +14,7 @@ PREPARED_DIR = f"{DATA_DIR}/prepared/{{dataset}}"
 PREPARED_FILES = ("meta.json", "train.npz", "test.npz")  # what `prepare` writes (an index writes INDEX_FILES)
 INDEX_FILES = ("meta.json", "train.tsv", "val.tsv")  # what `index-imagenet` writes
 RUN_DIR = f"{RESULTS_DIR}/{{dataset}}/{{model}}/seed{{seed}}"
+SETTINGS_FILE = "settings.json"  # the run as the plan resolved it: what its training job reads (resnet_repro.runspec)
 MODEL_FILE = "model.pt"  # a training job's final weights
 HISTORY_FILE = "history.csv"  # one row per evaluation
 EPOCHS_FILE = "epochs.csv"  # one row per completed epoch

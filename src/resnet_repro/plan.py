@@ -1,13 +1,13 @@
 """The experiment matrix (config.yaml) resolved into runs: which (dataset, model, seed) to train, with what settings.
 
 `Plan` is the single source both front ends read: the Snakefile builds its DAG from it and `resnet_repro.stages`
-turns it into DVC stages. Every config mistake is found here, before any job runs, as one ConfigError naming the
-key. Nothing here imports torch, so a Snakemake dry run stays fast.
+turns it into DVC stages; `write_specs` writes each run's settings.json, which its jobs read (resnet_repro.runspec).
+Every config mistake is found here, before any job runs, as one ConfigError naming the key. Nothing here imports
+torch, so a Snakemake dry run stays fast.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +15,11 @@ from typing import Any
 
 import yaml
 
+from .archives import ARCHIVES, source_path
 from .catalog import CATALOG
-from .data import ARCHIVES, source_path
 from .errors import ConfigError, DataError
-from .paths import DETAILS_FILE, METRICS_FILE, RESPONSES_FILE, TRAINING_FILES, prepared_dir, run_dir
-from .settings import DistributedOptions, TrainSettings, load_schedules, per_process_batch, resolve_settings
+from .runspec import RunSpec, write_spec
+from .settings import DistributedOptions, load_schedules, per_process_batch, resolve_settings
 from .shell import unquotable
 
 SCHEMA_PATH = Path("workflow/schemas/config.schema.yaml")
@@ -33,64 +33,22 @@ def reads_image_folder(dataset: str) -> bool:
     return dataset not in ARCHIVES and dataset not in (DIGITS, IMAGENET)
 
 
-@dataclass(frozen=True)
-class Run:
-    """One training run: (dataset, model, seed) with its resolved settings."""
-
-    dataset: str
-    model: str
-    seed: int
-    experiment: str  # the first experiment in config.yaml that defines it (whose keys DVC tracks)
-    schedule: str
-    settings: TrainSettings
-    param_keys: tuple[str, ...]  # config.yaml keys whose values determine the settings
-    distributed: DistributedOptions | None = None  # the data-parallel layout (ImageNet runs)
-
-    @property
-    def key(self) -> str:
-        return f"{self.dataset}-{self.model}-seed{self.seed}"
-
-    @property
-    def folder(self) -> str:
-        return run_dir(self.dataset, self.model, self.seed)
-
-    @property
-    def prepared(self) -> str:
-        return prepared_dir(self.dataset)
-
-    def files(self) -> dict[str, str]:
-        """What training writes, by kind: model, history, epochs."""
-        return {name.split(".")[0]: f"{self.folder}/{name}" for name in TRAINING_FILES}
-
-    @property
-    def metrics(self) -> str:
-        return f"{self.folder}/{METRICS_FILE}"
-
-    @property
-    def details(self) -> str:
-        return f"{self.folder}/{DETAILS_FILE}"
-
-    @property
-    def responses(self) -> str:
-        """Fig. 7's layer responses of this run's model."""
-        return f"{self.folder}/{RESPONSES_FILE}"
-
-    @property
-    def settings_json(self) -> str:
-        return json.dumps(self.settings.to_dict(), sort_keys=True)
-
-
 @dataclass
 class Plan:
     config: dict
-    runs: dict[str, Run] = field(default_factory=dict)
-    experiments: dict[str, list[Run]] = field(default_factory=dict)  # enabled experiments only
+    runs: dict[str, RunSpec] = field(default_factory=dict)
+    experiments: dict[str, list[RunSpec]] = field(default_factory=dict)  # enabled experiments only
+    origin: dict[str, str] = field(default_factory=dict)  # run key -> the first experiment in config.yaml defining it
 
-    def run(self, dataset: str, model: str, seed: int | str) -> Run:
+    def run(self, dataset: str, model: str, seed: int | str) -> RunSpec:
         key = f"{dataset}-{model}-seed{seed}"
         if key not in self.runs:
             raise ConfigError(f"no run {dataset}/{model}/seed{seed} in config.yaml")
         return self.runs[key]
+
+    def experiment_of(self, run: RunSpec) -> str:
+        """The first experiment in config.yaml that defines `run`."""
+        return self.origin[run.key]
 
     @property
     def datasets(self) -> list[str]:
@@ -232,28 +190,20 @@ def build_plan(config: dict, check_paths: bool = True, check_data: bool | None =
                 settings = resolve_settings(schedule, overrides, schedules)
             except ConfigError as error:
                 raise ConfigError(f"config: {model_where}: {error}") from None
-            keys = [
-                key
-                for key, present in (
-                    (f"{where}.settings", "settings" in experiment),
-                    (f"{model_where}.settings", "settings" in entry),
-                )
-                if present
-            ]
             for seed in entry.get("seeds", experiment.get("seeds", [0])):
-                run = Run(dataset, model, seed, name, schedule, settings, tuple(keys), distributed)
+                run = RunSpec(dataset, model, seed, settings, distributed)
                 existing = plan.runs.get(run.key)
                 if existing is None:
-                    plan.runs[run.key] = run
+                    plan.runs[run.key], plan.origin[run.key] = run, name
                 elif existing.settings != settings:
                     raise ConfigError(
                         f"config: {model_where}: run {dataset}/{model}/seed{seed} is also defined by experiment "
-                        f"{existing.experiment!r} with different settings; give one of them another seed"
+                        f"{plan.origin[run.key]!r} with different settings; give one of them another seed"
                     )
                 elif existing.distributed != distributed:  # one run, one layout (sync_bn changes its result)
                     raise ConfigError(
                         f"config: {where}.distributed: run {dataset}/{model}/seed{seed} is also defined by experiment "
-                        f"{existing.experiment!r} with other distributed options; give both the same ones"
+                        f"{plan.origin[run.key]!r} with other distributed options; give both the same ones"
                     )
                 runs.append(plan.runs[run.key])
         if dataset == IMAGENET:
@@ -280,7 +230,7 @@ def distributed_options(config: dict, experiment: str) -> DistributedOptions:
     return DistributedOptions(**(config["experiments"][experiment].get("distributed") or {}))
 
 
-def _check_imagenet(experiment: str, runs: list[Run]) -> None:
+def _check_imagenet(experiment: str, runs: list[RunSpec]) -> None:
     """What else can be wrong before any job runs: a global batch that does not divide into the processes, an
     augmentation the ImageNet loader cannot apply."""
     for run in runs:
@@ -311,12 +261,7 @@ def load_plan(config_path: Path | str = "config.yaml", check_data: bool = False)
     return build_plan(load_config(config_path), check_data=check_data)
 
 
-def run_settings(config_path: Path | str, experiment: str, model: str) -> TrainSettings:
-    """The resolved settings of `model` in `experiment` (what `train --config --experiment` uses)."""
-    plan = load_plan(config_path)
-    if experiment not in plan.experiments:
-        raise ConfigError(f"experiment {experiment!r} is not an enabled experiment of {config_path}")
-    for run in plan.experiments[experiment]:
-        if run.model == model:
-            return run.settings
-    raise ConfigError(f"model {model!r} is not an enabled model of experiment {experiment!r} in {config_path}")
+def write_specs(plan: Plan, root: Path | str = ".") -> list[Path]:
+    """Every run's settings.json (under `root`), written where its content changed; return the files written."""
+    files = [(run, Path(root) / run.settings_file) for run in plan.runs.values()]
+    return [path for run, path in files if write_spec(run, path)]

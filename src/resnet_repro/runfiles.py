@@ -29,9 +29,6 @@ from typing import Any, BinaryIO
 from .errors import DataError, OutputError
 from .paths import DETAILS_FILE, METRICS_FILE
 
-# model.pt's layout (keys and their meaning): the trainer writes it, evaluation refuses any other.
-MODEL_FORMAT = 1
-
 
 @dataclass
 class HistoryRow:
@@ -214,6 +211,17 @@ def write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(path, text.getvalue().encode())
+
+
+def load_torch_file(path: Path, what: str = "checkpoint") -> dict:
+    """A checkpoint or model file, loaded without ever unpickling code (weights_only=True); a missing, corrupt or
+    unsafe file is one DataError line (torch is imported here, on first use, as for atomic_torch_save)."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt or unsafe files
+        raise DataError(f"cannot load {what} {path}: {str(error).splitlines()[0]}") from None
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

@@ -1,22 +1,19 @@
-"""How a training step runs on its device: the runtime choice (precision, layout, compile, fused SGD) and the step.
+"""What a run's steps run as on its device: precision, memory layout, compile and fused SGD, chosen once.
 
-`choose_runtime` decides, from a run's settings and its device, what its steps run as; `Forward` is the training
-forward pass (compiled when chosen, eager after a fallback) and `train_step` one SGD step through it. The run
-(resnet_repro.core) guards the first compiled steps and falls back to eager when they fail.
+`choose_runtime` decides it from a run's settings and its device (and `evaluation_runtime` for scoring a trained
+run as it was trained); `configure_backends` sets the process-wide switches it needs. The steps themselves, and the
+fallback to eager when compiled steps fail, are resnet_repro.step's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
 
 from .errors import ConfigError, DataError
 from .settings import TrainSettings
@@ -170,66 +167,3 @@ def configure_backends(runtime: Runtime) -> None:
     math = "tf32" if runtime.bf16 else "ieee"
     torch.backends.cuda.matmul.fp32_precision = math
     torch.backends.cudnn.conv.fp32_precision = math
-
-
-def make_optimizer(model: nn.Module, settings: TrainSettings, runtime: Runtime) -> torch.optim.Optimizer:
-    """The paper's SGD with momentum and weight decay, fused where the runtime says so."""
-    return torch.optim.SGD(
-        model.parameters(),
-        lr=settings.lr,
-        momentum=settings.momentum,
-        weight_decay=settings.weight_decay,
-        **({"fused": True} if runtime.fused_sgd else {}),
-    )
-
-
-def error_summary(error: BaseException) -> str:
-    """An exception as one short line: its type and the first line of its message."""
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
-
-
-class Forward:
-    """A module's training forward pass: compiled when the runtime says so, eager after `fall_back`. A compile that
-    raises at once (e.g. an unknown RESNET_REPRO_COMPILE_MODE) leaves it eager, with the reason in `error`."""
-
-    def __init__(self, module: nn.Module, runtime: Runtime) -> None:
-        self.module = module
-        self.call: Callable[[Tensor], Tensor] = module
-        self.error: str | None = None
-        if runtime.compile:
-            try:
-                # dynamic=False: the training batch has one shape; never trade speed for shape-generic kernels.
-                self.call = torch.compile(module, mode=runtime.compile_mode, dynamic=False)
-            except Exception as error:  # torch raises several types; the trainer falls back to eager
-                self.error = error_summary(error)
-
-    @property
-    def compiled(self) -> bool:
-        return self.call is not self.module
-
-    def __call__(self, x: Tensor) -> Tensor:
-        return self.call(x)
-
-    def fall_back(self, reason: str) -> None:
-        self.call, self.error = self.module, reason
-
-
-def train_step(
-    forward: Forward, optimizer: torch.optim.Optimizer, runtime: Runtime, x: Tensor, y: Tensor, lr: float
-) -> tuple[Tensor, Tensor]:
-    """One SGD step on the batch (x, y) at learning rate `lr`: the loss and the number of wrong predictions, as
-    device tensors (reading them is what synchronizes)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    if forward.compiled and runtime.cudagraphs:
-        # Cudagraph trees need to know where a step begins when outputs of the last one may still be referenced.
-        torch.compiler.cudagraph_mark_step_begin()
-    with runtime.autocast():
-        logits = forward(x)
-        loss = F.cross_entropy(logits.float(), y)
-    wrong = (logits.detach().argmax(1) != y).sum()  # before backward: CUDA-graph outputs are reused memory
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach(), wrong

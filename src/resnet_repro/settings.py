@@ -142,6 +142,9 @@ class DistributedOptions:
     workers: int = 4  # DataLoader workers (JPEG decoding) per process
     sync_bn: bool = False  # SyncBatchNorm: BN over the global batch (results independent of the process count)
 
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
 
 def per_process_batch(batch_size: int, processes: int) -> int:
     """Each process's share of a data-parallel run's global batch; a ConfigError when it does not divide."""

@@ -2,8 +2,10 @@
 
 A stage depends on the code its command runs, so that a change in `models.py` makes the trainings it affects
 stale (and everything after them) while fetching and preparing stay done, and a change in the rendering code
-reruns only the renderings. The files are found by reading the imports (at module level and inside functions)
-of the subcommand's function in `cli.py` and of every module they reach; nothing is imported or executed.
+reruns only the renderings. The files are found by reading the imports (at module level and inside functions) of
+the dispatcher (`cli.py`), of the subcommand's own module (resnet_repro.commands.<name>, the only one the
+dispatcher imports) and of every module they reach; nothing is imported or executed. Modules that only decide
+where a job runs (PLACEMENT_ONLY) are left out.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ PACKAGE = "resnet_repro"
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_PACKAGE_DIR = f"src/{PACKAGE}"  # where the package lives in the repository (DVC and Snakemake paths)
 ENTRY = f"{PACKAGE}.cli"
+# Modules a job runs that decide where it runs, never what it computes: taking a GPU slot sets CUDA_VISIBLE_DEVICES
+# before CUDA starts, nothing else. No stage depends on them (nor, through them, on their imports), so changing how
+# slots are taken reruns nothing; a job on a device it cannot use stops with an error rather than compute otherwise.
+PLACEMENT_ONLY = frozenset({f"{PACKAGE}.gpu"})
 
 
 def module_file(module: str) -> Path | None:
@@ -70,16 +76,26 @@ def _with_parents(modules: set[str]) -> set[str]:
     return modules | parents
 
 
-def _closure(start: set[str]) -> set[str]:
-    """Every module of the package that loading `start` can load: all their imports, however deep."""
+def _executed(tree: ast.Module) -> list[ast.AST]:
+    """The nodes of `tree` that can run: all but the bodies of `if TYPE_CHECKING:` (imports for annotations only)."""
+    hidden: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            hidden |= {id(inner) for statement in node.body for inner in ast.walk(statement)}
+    return [node for node in ast.walk(tree) if id(node) not in hidden]
+
+
+def _closure(start: set[str], skip: frozenset[str] = frozenset()) -> set[str]:
+    """Every module of the package that loading `start` can load: all their imports, however deep, except those
+    only type checkers read; `skip` and what only they import left out."""
     seen: set[str] = set()
     todo = list(_with_parents(start))
     while todo:
         module = todo.pop()
-        if module in seen:
+        if module in seen or module in skip:
             continue
         seen.add(module)
-        todo += _with_parents(_imported(module, list(ast.walk(_tree(module)))))
+        todo += _with_parents(_imported(module, _executed(_tree(module))))
     return seen
 
 
@@ -98,38 +114,15 @@ def import_graph() -> dict[str, set[str]]:
     return {name: _with_parents(_imported(name, list(ast.walk(_tree(name))))) - {name} for name in package_modules()}
 
 
-def _entry_functions() -> dict[str, ast.FunctionDef]:
-    return {node.name: node for node in _tree(ENTRY).body if isinstance(node, ast.FunctionDef)}
-
-
-def _function_imports(name: str) -> set[str]:
-    """The modules a cli.py function imports, and those of the cli.py functions it calls (by name)."""
-    functions = _entry_functions()
-    found: set[str] = set()
-    seen: set[str] = set()
-    todo = [name]
-    while todo:
-        current = todo.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        body = list(ast.walk(functions[current]))
-        found |= _imported(ENTRY, body)
-        todo += [n.func.id for n in body if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
-        todo = [t for t in todo if t in functions]
-    return found
-
-
 @functools.cache
 def subcommand_modules(subcommand: str) -> tuple[str, ...]:
-    """The package's modules that `resnet-repro <subcommand>` executes, sorted."""
-    function = f"cmd_{subcommand.replace('-', '_')}"
-    if function not in _entry_functions():
-        raise ValueError(f"cli.py has no {function}() for the subcommand {subcommand!r}")
-    module_level = [node for node in _tree(ENTRY).body if isinstance(node, ast.Import | ast.ImportFrom)]
-    # cli.py itself runs, but of its imports only these: its other subcommands' imports never load.
-    start = _imported(ENTRY, module_level) | _function_imports(function)
-    return tuple(sorted(_closure(start) | _with_parents({ENTRY})))
+    """The package's modules that `resnet-repro <subcommand>` executes (those that only place the job left out),
+    sorted."""
+    from .cli import SUBCOMMANDS, command_module
+
+    if subcommand not in SUBCOMMANDS:
+        raise ValueError(f"resnet-repro has no subcommand {subcommand!r}")
+    return tuple(sorted(_closure({ENTRY, command_module(subcommand)}, PLACEMENT_ONLY)))
 
 
 def repo_path(module: str) -> str:

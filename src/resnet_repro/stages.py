@@ -1,4 +1,4 @@
-"""Runs turned into jobs: the DVC stages (commands, dependencies, outputs), job resources and container images.
+"""Runs turned into DVC stages (commands, dependencies, params, outputs) and the container images that run them.
 
 `dvc.yaml` is generated from these stages (`resnet-repro pipeline sync`), and every Snakemake rule runs its stage
 through DVC, so both front ends run the same commands on the same files.
@@ -12,14 +12,13 @@ from typing import Any
 
 import yaml
 
-from .catalog import CATALOG
-from .data import ARCHIVES
+from .archives import ARCHIVES
 from .errors import ConfigError
-from .paths import DATA_DIR, prepared_dir, raw_archive
-from .plan import DIGITS, IMAGENET, Plan, Run, reads_image_folder
+from .paths import DATA_DIR, SETTINGS_FILE, prepared_dir, raw_archive
+from .plan import DIGITS, IMAGENET, Plan, reads_image_folder
 from .render.outputs import render_stages
 from .runfiles import atomic_write_bytes
-from .settings import schedule_keys
+from .runspec import RunSpec
 from .shell import command
 from .sources import command_sources
 
@@ -29,53 +28,10 @@ DVC_HEADER = (
 )
 # The package's schedules as DVC sees them: the file in this repository, wherever the package is installed.
 REPO_SCHEDULES = "src/resnet_repro/schedules.yaml"
-
-
-# Rough milliseconds per iteration on one current datacenter GPU at the schedule's batch size, by model family;
-# SLURM wall times are 2x the estimate plus 15 minutes. The catalogue depth scales the 6n+2 CIFAR nets and the
-# ImageNet ResNets linearly: 4 ms per layer at batch 256 is about what an A100 in TF32 is commonly quoted at
-# (ResNet-18 ~3000 images/s, ResNet-50 ~1200, ResNet-152 ~450; not measured here).
-MS_PER_ITERATION = {"cifar_layer": 0.25, "cifar_resnet": 12.0, "vgg": 10.0, "fc": 1.0, "imagenet_layer": 4.0}
-
-# sbatch flags of every training job (the train rule and ImageNet's): SIGTERM 5 minutes before the time limit, so
-# the trainer checkpoints and a retry resumes; append keeps the log of every attempt in one file.
-SLURM_TRAIN_EXTRA = "--signal=TERM@300 --open-mode=append"
-
-
-def train_resources(run: Run) -> dict[str, int]:
-    """Per-job resources of a training job: one GPU, memory and a wall time that scales with the work."""
-    entry = CATALOG[run.model]
-    if entry.kind == "fc":
-        per_iteration = MS_PER_ITERATION["fc"]
-    elif entry.kind == "vgg":
-        per_iteration = MS_PER_ITERATION["vgg"]
-    elif entry.family == "imagenet":
-        assert entry.depth, f"catalogue entry {run.model} has no depth"
-        per_iteration = MS_PER_ITERATION["imagenet_layer"] * entry.depth
-    elif entry.args.get("widths") == (16, 32, 64) and entry.depth:
-        per_iteration = MS_PER_ITERATION["cifar_layer"] * entry.depth
-    else:
-        per_iteration = MS_PER_ITERATION["cifar_resnet"]
-    minutes = 2 * per_iteration * run.settings.iterations / 60000 + 15
-    deep = (entry.depth or 0) > 200  # ResNet-1202's activations at batch 128 outgrow 8 GB
-    memory = 32000 if entry.family == "imagenet" else 16000 if deep else 8000
-    return {"gpu": 1, "runtime": int(minutes), "mem_mb": memory}
-
-
-DEFAULT_TRAIN_THREADS = 2  # where the cores are not known (a cluster executor): a CPU training job's share
-
-
-def train_threads(plan: Plan, run: Run, cores: int | None) -> int:
-    """Threads of `run`'s training job when Snakemake has `cores`: config `train_threads`, or with `auto` the cores
-    spread evenly over the runs of its experiment, at least one each. On this project's 2-core reference machine,
-    two 1-thread jobs side by side finish the short experiment sooner than one 2-thread job at a time (README,
-    "Speed"); with many cores each job gets its share."""
-    value = plan.config.get("train_threads", "auto")
-    if not isinstance(cores, int) or cores < 1:
-        return DEFAULT_TRAIN_THREADS if value == "auto" else value
-    if value != "auto":
-        return min(value, cores)
-    return max(1, cores // len(plan.experiments.get(run.experiment) or [run]))
+# The stage that resolves config.yaml into every run's settings.json, and the config keys its result depends on
+# (`all`, threads and GPU packing only choose what runs where).
+PLAN_STAGE = "plan"
+PLAN_CONFIG_KEYS = ("experiments", "schedules")
 
 
 IMAGE_VERSION_FILE = Path("containers/VERSION")
@@ -88,59 +44,6 @@ def container_image(kind: str, root: Path = Path(".")) -> str:
     version = version_file.read_text().strip() if version_file.is_file() else "unknown"
     prefix = os.environ.get(IMAGE_PREFIX_ENV, "docker://localhost/")
     return f"{prefix}resnet-repro-{kind}:{version}"
-
-
-def imagenet_resources(run: Run) -> dict[str, Any]:
-    """Resources of an ImageNet training job: all its GPUs (locally `--resources gpu=N` counts them), CPUs for the
-    loader workers, and for several nodes the SLURM task layout (one srun task per node, each a torchrun agent).
-    Keys that do not apply are None (Snakemake drops them)."""
-    options = run.distributed
-    assert options is not None, f"{run.key} is not a data-parallel run"
-    nodes, per_node = options.nodes, options.processes_per_node
-    base = train_resources(run)
-    gpus = 0 if options.device == "cpu" else nodes * per_node
-    multi = nodes > 1
-    return {
-        "gpu": gpus,
-        "runtime": int(base["runtime"] / max(1, gpus)) + 15 if gpus else base["runtime"],
-        "mem_mb": 12000 * per_node,  # per node: a process, its CUDA context and its workers' prefetched batches
-        "cpus_per_task": per_node * (options.workers + 1),
-        "nodes": nodes if multi else None,
-        # The job step plugin runs an "mpi" job's command without wrapping it in `srun -n1`: launch runs srun itself.
-        "mpi": "srun" if multi else None,
-        "tasks": nodes if multi else None,
-        "tasks_per_gpu": 0 if multi else None,  # else the plugin turns `tasks` into --ntasks-per-gpu
-        # SLURM gives each of the N nodes at least one of the N tasks: one torchrun agent per node.
-        "slurm_extra": SLURM_TRAIN_EXTRA,
-    }
-
-
-def training_resources(run: Run) -> dict[str, Any]:
-    """What a run's training job asks for: the data-parallel layout's (ImageNet) or one GPU's."""
-    return imagenet_resources(run) if run.distributed is not None else train_resources(run)
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-def experiment_needs(plan: Plan, experiment: str) -> str:
-    """One line on what an enabled experiment's training jobs ask the scheduler for: GPUs and nodes per job, memory
-    per node, the longest wall-time limit and the GPU-hours of all the limits together (limits, 2x the estimate:
-    an upper bound, not a prediction)."""
-    jobs = [(run, training_resources(run)) for run in plan.experiments[experiment]]
-    if not jobs:
-        return "no training jobs (every model disabled)"
-    longest_run, longest = max(jobs, key=lambda job: job[1]["runtime"])
-    gpus = max(resources["gpu"] for _, resources in jobs)
-    nodes = max(resources.get("nodes") or 1 for _, resources in jobs)
-    memory = max(resources["mem_mb"] for _, resources in jobs)
-    gpu_hours = sum(resources["gpu"] * resources["runtime"] / 60 for _, resources in jobs)
-    return (
-        f"{_count(len(jobs), 'training job')} of up to {_count(gpus, 'GPU')} on {_count(nodes, 'node')}, "
-        f"{memory / 1000:g} GB memory per node, wall time up to {longest['runtime'] / 60:.1f} h "
-        f"({longest_run.model}); {gpu_hours:,.1f} GPU-hours requested in all"
-    )
 
 
 def archive_file(dataset: str) -> str:
@@ -164,12 +67,6 @@ def prepare_inputs(dataset: str, config: dict | None = None) -> list[str]:
     return [local] if local and reads_image_folder(dataset) else []
 
 
-def _schedule_param(run: Run, config: dict) -> dict[str, list[str]]:
-    if run.schedule in (config.get("schedules") or {}):
-        return {"config.yaml": [f"schedules.{run.schedule}"]}
-    return {REPO_SCHEDULES: schedule_keys(run.schedule)}
-
-
 def in_git(path: str) -> bool:
     """Whether a stage output is committed to git rather than stored in DVC's cache: the small results (histories,
     metrics, layer responses, figures, tables) are, as DVC's examples keep theirs, so a clone shows them and
@@ -178,10 +75,27 @@ def in_git(path: str) -> bool:
 
 
 def _dvc_outs(paths: list[str]) -> list[Any]:
-    return [{path: {"cache": False}} if in_git(path) else path for path in paths]
+    """DVC's outs: the small ones kept out of the cache; the settings files also kept while their stage runs, so
+    that `plan` rewrites only those that change (an unchanged one keeps its time)."""
+    return [
+        {path: {"cache": False, "persist": True} if path.endswith(f"/{SETTINGS_FILE}") else {"cache": False}}
+        if in_git(path)
+        else path
+        for path in paths
+    ]
 
 
-def stage_names(run: Run) -> dict[str, str]:
+def plan_stage(plan: Plan) -> dict[str, Any]:
+    """Every run resolved into its settings.json: reruns when config.yaml's runs or the schedules change (cheap),
+    and what it writes is what decides whether a training stage is stale."""
+    return {
+        "cmd": command("resnet-repro", PLAN_STAGE, "--config", "config.yaml"),
+        "params": [{"config.yaml": [key for key in PLAN_CONFIG_KEYS if key in plan.config]}, {REPO_SCHEDULES: None}],
+        "outs": [run.settings_file for run in plan.runs.values()],
+    }
+
+
+def stage_names(run: RunSpec) -> dict[str, str]:
     return {"train": f"train-{run.key}", "evaluate": f"evaluate-{run.key}"}
 
 
@@ -222,31 +136,26 @@ def dvc_stages(plan: Plan) -> dict[str, dict]:
                 "cmd": command("resnet-repro", "prepare", "imagefolder", "--raw", path, "--out", prepared_dir(dataset)),
                 "outs": [prepared_dir(dataset)],
             }
+    stages[PLAN_STAGE] = plan_stage(plan)
     for run in plan.runs.values():
         names = stage_names(run)
-        params: list[Any] = [_schedule_param(run, plan.config)]
-        keys = list(run.param_keys)
-        distributed = plan.config["experiments"][run.experiment].get("distributed") or {}
-        if run.dataset == IMAGENET and "sync_bn" in distributed:
-            keys.append(f"experiments.{run.experiment}.distributed.sync_bn")  # changes the result; the rest is speed
-        if keys:
-            params.insert(0, {"config.yaml": keys})
-        experiment = ("--config", "config.yaml", "--experiment", run.experiment)
-        train = (*experiment, "--model", run.model, "--seed", run.seed, "--data", run.prepared, "--out", run.folder)
+        train = ("--settings", run.settings_file, "--data", run.prepared, "--out", run.folder)
         if run.dataset == IMAGENET:
-            # The process layout is read from config.yaml at run time, not written into the command: changing the
-            # number of GPUs must not make DVC retrain a finished run.
-            cmd = command("resnet-repro", "launch", *experiment, "--", "train-imagenet", *train)
+            # The process layout is read from settings.json at run time, not written into the command, and is not
+            # among the params: changing the number of GPUs must not make DVC retrain a finished run.
+            cmd = command("resnet-repro", "launch", "--settings", run.settings_file, "--", "train-imagenet", *train)
+            evaluate = "evaluate-imagenet"
         else:
             cmd = command("resnet-repro", "train", *train)
+            evaluate = "evaluate"
         stages[names["train"]] = {
             "cmd": cmd,
             "deps": [run.prepared],
-            "params": params,
+            "params": [{run.settings_file: run.result_keys()}],
             "outs": list(run.files().values()),
         }
         stages[names["evaluate"]] = {
-            "cmd": command("resnet-repro", "evaluate", "--run", run.folder, "--data", run.prepared),
+            "cmd": command("resnet-repro", evaluate, "--run", run.folder, "--data", run.prepared),
             "deps": [run.files()["model"], run.files()["history"], run.files()["epochs"], run.prepared],
             "metrics": [{run.metrics: {"cache": not in_git(run.metrics)}}],
             "outs": [run.details],
@@ -258,7 +167,7 @@ def dvc_stages(plan: Plan) -> dict[str, dict]:
     return stages
 
 
-def _error_curves(runs: list[Run], title: str) -> dict[str, Any]:
+def _error_curves(runs: list[RunSpec], title: str) -> dict[str, Any]:
     """A DVC plot of training and test error against iteration, one line per run and series."""
     return {
         "title": title,

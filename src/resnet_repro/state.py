@@ -1,8 +1,8 @@
-"""The resumable state of a run (position, warm-up, tallies, history and epoch rows) and the checkpoint it lives in.
+"""The resumable state of a run: position, warm-up, tallies, history and epoch rows, as plain values. Torch-free.
 
-checkpoint.pt holds it as plain Python values (`RunState.to_plain`), so that `torch.load(weights_only=True)` reads it
-back without unpickling code. The plain layout is the one checkpoints have had since they carried their wall time
-and RNG state: such checkpoints resume; older ones are refused with one line.
+checkpoint.pt (resnet_repro.checkpoint) holds it as plain Python values (`RunState.to_plain`), so that
+`torch.load(weights_only=True)` reads it back without unpickling code. The plain layout is the one checkpoints have
+had since they carried their wall time and RNG state: such checkpoints resume; older ones are refused with one line.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from .errors import DataError
 from .settings import TrainSettings
@@ -89,14 +87,6 @@ class RunState:
         }
         kept = {name: plain[name] for name in names}
         return cls(**kept, **tallies, last_checkpoint=int(plain.get("last_checkpoint", 0)))
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Load a checkpoint or model file without ever unpickling code (weights_only=True)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt or unsafe files
-        raise DataError(f"cannot load checkpoint {path}: {str(error).splitlines()[0]}") from None
 
 
 def check_resumable(saved: dict, path: Path) -> None:

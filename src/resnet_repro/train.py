@@ -9,9 +9,9 @@ Files in the run folder:
     epochs.csv     one row per completed epoch: train loss/error over the epoch
 Everything that must be bitwise reproducible (model.pt, the losses and errors) is independent of timing.
 
-This module holds the trainer's data and step code; the run itself (runtime choice, resume, checks, cadence,
-files) is resnet_repro.core's, shared with the data-parallel trainer (distributed.py), and its steps run as
-resnet_repro.runtime chooses.
+This module holds the trainer's step code; the data on the device is resnet_repro.device_data's, the run itself
+(resume, checks, cadence, files) resnet_repro.core's, shared with the data-parallel trainer (distributed.py), and
+its steps run as resnet_repro.runtime chooses, through resnet_repro.step.
 
 Speed: the whole prepared dataset lives on the training device and batches are augmented there (StepRunner); bf16
 autocast and channels-last where the device has fast bf16 (CUDA; CPUs with AMX or AVX512-BF16); on CUDA also
@@ -25,107 +25,23 @@ not to the bit; `precision: fp32` does not change that, and `compile: off` only 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .core import Job, Run
-from .data import CIFAR_AUGMENT, PreparedData, load_prepared
+from .core import TrainingRun
+from .device_data import DeviceData, evaluate_arrays
+from .modelfile import DataFacts
 from .models import build_model
+from .prepared import PreparedData, load_prepared
 from .progress import ProgressLog
-from .runtime import Forward, Runtime, choose_runtime, configure_backends, make_optimizer, pick_device, train_step
-from .settings import TrainSettings, settings_hash
+from .runspec import RunSpec
+from .runtime import Runtime, choose_runtime, configure_backends, pick_device
+from .settings import TrainSettings
+from .step import Forward, make_optimizer, train_step
 from .world import stop_signals
-
-
-# ------------------------------------------------------------------------------------------- augmentation
-class DeviceData:
-    """A prepared dataset resident on the training device, with the paper's preprocessing and augmentation
-    applied to whole batches as tensor operations."""
-
-    def __init__(self, data: PreparedData, settings: TrainSettings, device: torch.device) -> None:
-        self.train_x = torch.from_numpy(data.train_images).to(device)
-        self.train_y = torch.from_numpy(data.train_labels).to(device)
-        self.test_x = torch.from_numpy(data.test_images).to(device)
-        self.test_y = torch.from_numpy(data.test_labels).to(device)
-        pixels = self.train_x.float().div_(255)
-        self.mean = pixels.mean(0, keepdim=True)  # per-pixel mean image [1,C,H,W], as the paper
-        if settings.normalize == "channel":
-            self.mean = pixels.mean((0, 2, 3), keepdim=True)
-            self.std = pixels.std((0, 2, 3), keepdim=True)
-        else:
-            self.std = torch.ones_like(self.mean[:, :, :1, :1])
-        del pixels
-        augment = {**data.meta.get("augment", CIFAR_AUGMENT), **(settings.augment or {})}
-        self.pad, self.flip = int(augment["pad"]), bool(augment["flip"])
-        self.device = device
-
-    def normalize(self, images: Tensor) -> Tensor:
-        return (images.float().div_(255) - self.mean) / self.std
-
-    def epoch_randomness(self, seed: int, epoch: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Order, crop offsets and flips for every sample of one epoch, from (seed, epoch) alone: resuming
-        mid-epoch regenerates exactly what the interrupted run used."""
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        n = len(self.train_y)
-        order = torch.randperm(n, generator=generator)
-        offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=generator)
-        flips = torch.rand(n, generator=generator) < 0.5
-        if not self.flip:
-            flips.zero_()
-        if self.device.type == "cuda":  # pinned + non-blocking: the copy does not stall the queued steps
-            order, offsets, flips = (t.pin_memory() for t in (order, offsets, flips))
-        move = {"device": self.device, "non_blocking": self.device.type == "cuda"}
-        return order.to(**move), offsets.to(**move), flips.to(**move)
-
-    def batch(self, index: Tensor, offsets: Tensor, flips: Tensor) -> tuple[Tensor, Tensor]:
-        """Normalize, zero-pad, random-crop and flip a batch in one pass of tensor ops."""
-        x = self.normalize(self.train_x[index])
-        return augment_batch(x, offsets, flips, self.pad), self.train_y[index]
-
-
-def augment_batch(x: Tensor, offsets: Tensor, flips: Tensor, pad: int) -> Tensor:
-    """Per-sample random crops of a zero-padded batch via one gather, and per-sample flips via `where`."""
-    if pad:
-        b, c, h, w = x.shape
-        padded = F.pad(x, (pad, pad, pad, pad))
-        rows = (offsets[:, 0, None] + torch.arange(h, device=x.device))[:, None, :, None]  # [B,1,H,1]
-        cols = (offsets[:, 1, None] + torch.arange(w, device=x.device))[:, None, None, :]  # [B,1,1,W]
-        flat = padded.reshape(b, c, -1)
-        index = (rows * (w + 2 * pad) + cols).expand(b, c, h, w).reshape(b, c, -1)
-        x = flat.gather(2, index).reshape(b, c, h, w)
-    return torch.where(flips[:, None, None, None], x.flip(3), x)
-
-
-# ------------------------------------------------------------------------------------------------ trainer
-@dataclass
-class RunSpec:
-    model: str
-    seed: int
-    settings: TrainSettings
-    data_dir: Path
-    out_dir: Path
-    device: str = "auto"
-
-
-@torch.no_grad()
-def evaluate_arrays(
-    model: nn.Module, data: DeviceData, runtime: Runtime, batch_size: int = 1000
-) -> tuple[Tensor, Tensor]:
-    """Logits (fp32, on CPU) and labels for the whole test split: single original view, no augmentation."""
-    model.eval()
-    outputs = []
-    for start in range(0, len(data.test_y), batch_size):
-        x = data.normalize(data.test_x[start : start + batch_size])
-        if runtime.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with runtime.autocast():
-            outputs.append(model(x).float())
-    model.train()
-    return torch.cat(outputs).cpu(), data.test_y.cpu()
 
 
 def build_training(
@@ -161,11 +77,16 @@ class StepRunner:
         seed: int,
         batch: int,
     ) -> None:
-        self.model, self.optimizer, self.data, self.runtime = model, optimizer, data, runtime
+        self.model, self.optimizer, self.data = model, optimizer, data
         self.seed, self.batch = seed, batch
         self.steps_per_epoch = len(data.train_y) // batch
         self._epoch: tuple[int, tuple[Tensor, Tensor, Tensor]] | None = None
         self.forward = Forward(model, runtime)
+
+    @property
+    def runtime(self) -> Runtime:
+        """What the steps run as now (after a compile fallback: eager)."""
+        return self.forward.runtime
 
     def batch_at(self, iteration: int) -> tuple[Tensor, Tensor]:
         """Normalized, augmented images and labels of the batch trained at `iteration`."""
@@ -186,7 +107,7 @@ class StepRunner:
         """Train on the batch of `iteration` at learning rate `lr`; return its loss and the number of wrong
         predictions, as device tensors (reading them is what synchronizes)."""
         x, y = self.batch_at(iteration)
-        return train_step(self.forward, self.optimizer, self.runtime, x, y, lr)
+        return train_step(self.forward, self.optimizer, x, y, lr)
 
     def run(self, start: int, count: int, lr_at: Callable[[int], float]) -> Tensor:
         """`count` steps from iteration `start` (for benchmarks): their losses, on the device, unsynchronized."""
@@ -200,27 +121,20 @@ class StepRunner:
         return F.cross_entropy(logits, labels).item(), (logits.argmax(1) != labels).float().mean().item()
 
 
-def train(spec: RunSpec, log: ProgressLog | None = None) -> Path:
-    """Train one run to completion (resuming a matching checkpoint) and return the path of model.pt."""
+def train(spec: RunSpec, data_dir: Path, out: Path, device: str = "auto", log: ProgressLog | None = None) -> Path:
+    """Train run `spec` on the prepared data in `data_dir` into `out` to completion (resuming a matching checkpoint);
+    return the path of model.pt."""
     settings = spec.settings
     with stop_signals() as stop:
-        device = pick_device(spec.device)
-        data = load_prepared(spec.data_dir, settings.split)
-        model, optimizer, device_data, runtime = build_training(spec.model, settings, data, device, spec.seed)
+        target = pick_device(device)
+        data = load_prepared(data_dir, settings.split)
+        model, optimizer, device_data, runtime = build_training(spec.model, settings, data, target, spec.seed)
         n = len(device_data.train_y)
-        job = Job(
-            model_name=spec.model,
-            seed=spec.seed,
-            settings=settings,
-            run_id=settings_hash(spec.model, data.meta["sha256"], spec.seed, settings),
-            out=Path(spec.out_dir),
-            dataset={"name": data.meta["name"], "sha256": data.meta["sha256"]},
-            num_classes=data.num_classes,
-            in_channels=int(data.meta["channels"]),
-            image_size=int(data.meta["image_size"]),
-        )
-        run = Run(job, model, optimizer, runtime, stop, log=log)
-        run.resume()
+        facts = DataFacts(
+            data.meta["name"], data.meta["sha256"], data.num_classes, int(data.meta["channels"]),
+            int(data.meta["image_size"]),
+        )  # fmt: skip
+        run = TrainingRun(spec, out, facts, model, optimizer, target, stop, log=log)
         steps = StepRunner(model, optimizer, device_data, runtime, spec.seed, min(settings.batch_size, n))
         describe = f"on {data.meta['name']} [{n} train / {len(device_data.test_y)} {settings.split}], seed {spec.seed}"
         return run.train(steps, f"{describe}, {settings.iterations} iterations")

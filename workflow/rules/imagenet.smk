@@ -42,7 +42,7 @@ rule train_imagenet:
     threads: lambda w: _imagenet_resources(w)["cpus_per_task"]
     resources:
         gpu=lambda w: _imagenet_resources(w)["gpu"],
-        gpu_slots=lambda w: _gpu_resources(_imagenet_resources(w)["gpu"], packable=False)[_gpu.SLOTS_RESOURCE],
+        gpu_slots=lambda w: _gpu_resources(_imagenet_resources(w)["gpu"], packable=False)[_resources.SLOTS_RESOURCE],
         runtime=lambda w: _imagenet_resources(w)["runtime"],
         mem_mb=lambda w: _imagenet_resources(w)["mem_mb"],
         cpus_per_task=lambda w: _imagenet_resources(w)["cpus_per_task"],
@@ -53,7 +53,8 @@ rule train_imagenet:
         slurm_extra=lambda w: _imagenet_resources(w)["slurm_extra"],
     params:
         stage="train-imagenet-{model}-seed{seed}",
-        settings=lambda w: PLAN.run("imagenet", w.model, w.seed).settings_json,
+        # What the run computes, without its process layout: more or fewer GPUs retrain nothing (see the train rule).
+        settings=lambda w: PLAN.run("imagenet", w.model, w.seed).result_json(),
     shell:
         "dvc --wait-for-lock repro --single-item {params.stage} > {log} 2>&1"
 
@@ -64,7 +65,7 @@ rule evaluate_imagenet:
         paths.run_file(paths.HISTORY_FILE, dataset="imagenet"),
         paths.run_file(paths.EPOCHS_FILE, dataset="imagenet"),
         f"{paths.prepared_dir('imagenet')}/meta.json",
-        code=sources.subcommand_files("evaluate"),
+        code=sources.subcommand_files("evaluate-imagenet"),
     output:
         paths.run_file(paths.METRICS_FILE, dataset="imagenet"),
         paths.run_file(paths.DETAILS_FILE, dataset="imagenet"),
@@ -75,7 +76,7 @@ rule evaluate_imagenet:
         gpu=lambda w: (0 if PLAN.run("imagenet", w.model, w.seed).distributed.device == "cpu" else 1),
         gpu_slots=lambda w: _gpu_resources(
             0 if PLAN.run("imagenet", w.model, w.seed).distributed.device == "cpu" else 1, packable=False
-        )[_gpu.SLOTS_RESOURCE],
+        )[_resources.SLOTS_RESOURCE],
         runtime=120,
     params:
         stage="evaluate-imagenet-{model}-seed{seed}",

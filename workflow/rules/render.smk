@@ -25,7 +25,7 @@ rule responses:
     threads: 1
     resources:
         gpu=_gpu_resources(1)["gpu"],
-        gpu_slots=_gpu_resources(1)[_gpu.SLOTS_RESOURCE],
+        gpu_slots=_gpu_resources(1)[_resources.SLOTS_RESOURCE],
     params:
         stage="responses-{dataset}-{model}-seed{seed}",
     shell:

@@ -10,6 +10,8 @@ wildcard_constraints:
     seed="[0-9]+",
 
 
+# A training job reads its run's settings.json, which the Snakefile keeps current (see there); a changed setting
+# reruns the run through `params.settings`.
 rule train:
     input:
         f"{paths.prepared_dir()}/meta.json",
@@ -20,19 +22,19 @@ rule train:
         epochs=paths.run_file(paths.EPOCHS_FILE),
     log:
         "logs/train/{dataset}/{model}/seed{seed}.log",
-    threads: lambda w: stages.train_threads(PLAN, PLAN.run(w.dataset, w.model, w.seed), _cores())
+    threads: lambda w: _resources.train_threads(PLAN, PLAN.run(w.dataset, w.model, w.seed), _cores())
     resources:
         gpu=lambda w: _train_gpu(w)["gpu"],
-        gpu_slots=lambda w: _train_gpu(w)[_gpu.SLOTS_RESOURCE],
-        runtime=lambda w: stages.train_resources(PLAN.run(w.dataset, w.model, w.seed))["runtime"],
-        mem_mb=lambda w: stages.train_resources(PLAN.run(w.dataset, w.model, w.seed))["mem_mb"],
+        gpu_slots=lambda w: _train_gpu(w)[_resources.SLOTS_RESOURCE],
+        runtime=lambda w: _resources.train_resources(PLAN.run(w.dataset, w.model, w.seed))["runtime"],
+        mem_mb=lambda w: _resources.train_resources(PLAN.run(w.dataset, w.model, w.seed))["mem_mb"],
         cpus_per_task=lambda w, threads: threads,
         # On SLURM: a checkpoint before the time limit, and every attempt's log in one file.
-        slurm_extra=stages.SLURM_TRAIN_EXTRA,
+        slurm_extra=_resources.SLURM_TRAIN_EXTRA,
     params:
         stage="train-{dataset}-{model}-seed{seed}",
-        # The resolved settings: Snakemake reruns a job whose settings changed in config.yaml.
-        settings=lambda w: PLAN.run(w.dataset, w.model, w.seed).settings_json,
+        # What the run computes (settings.json's result keys): Snakemake reruns a job whose settings changed.
+        settings=lambda w: PLAN.run(w.dataset, w.model, w.seed).result_json(),
     shell:
         "dvc --wait-for-lock repro --single-item {params.stage} > {log} 2>&1"
 
@@ -53,7 +55,7 @@ rule evaluate:
     resources:
         # a GPU slot like training (the job takes one where there is a GPU; see resnet_repro.gpu)
         gpu=_gpu_resources(1)["gpu"],
-        gpu_slots=_gpu_resources(1)[_gpu.SLOTS_RESOURCE],
+        gpu_slots=_gpu_resources(1)[_resources.SLOTS_RESOURCE],
     params:
         stage="evaluate-{dataset}-{model}-seed{seed}",
     shell:

@@ -9,7 +9,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..paths import SUMMARY_DIR, experiment_dir, figure_files, table_files
-from ..plan import Plan, Run
+from ..plan import Plan
+from ..runspec import RunSpec
 from .experiments import VERDICT, Artifact, experiment_entry
 from .references import REPO_REFERENCES
 from .results import config_models
@@ -28,7 +29,7 @@ def experiment_artifacts(plan: Plan, experiment: str) -> list[Artifact]:
     return [*shown, VERDICT]
 
 
-def response_runs(plan: Plan, experiment: str) -> list[Run]:
+def response_runs(plan: Plan, experiment: str) -> list[RunSpec]:
     """The runs whose responses Fig. 7 needs: the first seed of each Fig. 7 net (the paper shows one run)."""
     runs = plan.experiments.get(experiment, [])
     models = [r.model for r in runs]
@@ -36,7 +37,7 @@ def response_runs(plan: Plan, experiment: str) -> list[Run]:
     for art in experiment_artifacts(plan, experiment):
         if art.responses is not None:
             wanted += [m for m in art.responses(models) if m not in wanted]
-    first: dict[str, Run] = {}
+    first: dict[str, RunSpec] = {}
     for run in runs:
         if run.model in wanted and (run.model not in first or run.seed < first[run.model].seed):
             first[run.model] = run

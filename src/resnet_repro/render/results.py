@@ -11,7 +11,8 @@ from pathlib import Path
 
 from ..errors import ConfigError, DataError
 from ..paths import DETAILS_FILE, HISTORY_FILE, METRICS_FILE
-from ..plan import Plan, Run
+from ..plan import Plan
+from ..runspec import RunSpec
 
 
 @dataclass
@@ -156,7 +157,9 @@ def config_models(plan: Plan, experiment: str) -> list[str]:
     return list(entry.get("models", {}))
 
 
-def collect(plan: Plan, experiment: str, root: Path | str = ".", responses: Iterable[Run] = ()) -> ExperimentResults:
+def collect(
+    plan: Plan, experiment: str, root: Path | str = ".", responses: Iterable[RunSpec] = ()
+) -> ExperimentResults:
     """Load every run of an experiment that exists under `root`, and the layer responses of the `responses` runs
     (`outputs.response_runs` says which an experiment draws)."""
     root = Path(root)
