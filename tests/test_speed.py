@@ -18,8 +18,9 @@ import pytest
 import torch
 
 from resnet_repro.data import prepare
+from resnet_repro.paths import MODEL_FILE
 from resnet_repro.runfiles import TIMING_FIELDS
-from resnet_repro.runtime import CPU_COMPILE_MIN_ITERATIONS, choose_runtime
+from resnet_repro.runtime import CPU_COMPILE_MIN_ITERATIONS, choose_runtime, has_fast_bf16
 from resnet_repro.settings import resolve_settings
 from resnet_repro.train import RunSpec, StepRunner, build_training, train
 
@@ -194,6 +195,9 @@ def test_gpu_check_script_cpu_smoke(tmp_path: Path) -> None:
 def test_cuda_fast_compiled_path_agrees_with_fp32(speed_digits: Path, tmp_path: Path) -> None:
     # The default for long CUDA runs: bf16, channels-last, compiled with CUDA graphs (reduce-overhead).
     fast = [run(speed_digits, tmp_path / f"fast{s}", s, "cuda", compile="on", **FAST) for s in (0, 1)]
+    for seed in (0, 1):  # compiled to the end: a compile that fell back to eager would compare eager with eager
+        runtime = torch.load(tmp_path / f"fast{seed}" / MODEL_FILE, weights_only=True)["runtime"]
+        assert runtime["compile"] and runtime["compile_fallback"] is None, runtime["note"]
     plain = [run(speed_digits, tmp_path / f"plain{s}", s, "cuda", **PLAIN) for s in (0, 1)]
     assert_agree(fast, plain)
 
@@ -206,7 +210,7 @@ def test_cuda_training_data_stays_on_device(speed_digits: Path) -> None:
     settings = resolve_settings("demo", {"compile": "off"})
     device = torch.device("cuda")
     model, optimizer, data, runtime = build_training("resnet20", settings, load_prepared(speed_digits), device, 0)
-    assert runtime.bf16 and runtime.channels_last
+    assert runtime.bf16 == runtime.channels_last == has_fast_bf16(device)  # bf16 from Ampere on, fp32 before
     for tensor in (data.train_x, data.train_y, data.test_x, data.test_y, data.mean, data.std):
         assert tensor.device.type == "cuda"
     stepper = StepRunner(model, optimizer, data, runtime, seed=0, batch=64)
