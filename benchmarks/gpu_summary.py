@@ -147,7 +147,8 @@ def report(part: dict[str, Any], summary: dict[str, Any]) -> str:
         return (
             f"{name}: final test error {final['test_error']:.4f} (test loss {final['test_loss']:.4f}) after "
             f"{run['iterations_done']} of {run['iterations_planned']} iterations; {part['seconds']} s including "
-            f"start-up, compile and {final['evaluations']} evaluations; last interval {final['images_per_s']:.0f} img/s"
+            f"start-up, any compile and {final['evaluations']} evaluations; last interval "
+            f"{final['images_per_s']:.0f} img/s"
         )
     if name == PACKING:
         rounds = (summary["packing"] or {}).get("rounds", [])
