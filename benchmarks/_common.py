@@ -9,7 +9,6 @@ import json
 import math
 import os
 import platform
-import signal
 import statistics
 import sys
 import time
@@ -25,6 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "src") not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO / "src"))
 
+from _stopping import Stopped, ignore_stop_signals, stop_on_sigterm  # noqa: E402
+
 from resnet_repro.catalog import CATALOG  # noqa: E402
 from resnet_repro.models import build_model  # noqa: E402
 from resnet_repro.prepared import PreparedData  # noqa: E402
@@ -32,7 +33,8 @@ from resnet_repro.runtime import Runtime, choose_runtime, cpu_has_fast_bf16, pic
 from resnet_repro.settings import TrainSettings, resolve_settings  # noqa: E402
 from resnet_repro.train import StepRunner, build_training  # noqa: E402
 
-__all__ = ["TrainSettings", "build_model", "choose_runtime"]  # re-exported for the benchmarks
+# re-exported for the benchmarks
+__all__ = ["Stopped", "TrainSettings", "build_model", "choose_runtime", "ignore_stop_signals"]
 
 CIFAR_TRAIN_IMAGES = 50_000
 
@@ -205,14 +207,6 @@ def parse_threads(spec: str) -> list[int]:
     return counts
 
 
-class Stopped(Exception):
-    """SIGTERM (e.g. from `timeout`): stop measuring, still print what was measured."""
-
-
-def _stop(signum: int, _frame: object) -> None:
-    raise Stopped(signal.Signals(signum).name)
-
-
 def set_threads(threads: int) -> None:
     """One pass's thread count. Inductor's CPU kernels specialize on the thread count and dynamo does not guard on
     it, so nothing compiled under another count may be reused."""
@@ -267,7 +261,7 @@ def setup(args: argparse.Namespace, default_models: str, default_threads: str) -
     import yaml
 
     started = time.monotonic()
-    signal.signal(signal.SIGTERM, _stop)
+    stop_on_sigterm()
     device = pick_device(args.device)
     cuda = device.type == "cuda"
     threads = parse_threads(args.threads or ("all" if cuda else default_threads))

@@ -1,37 +1,43 @@
 #!/usr/bin/env bash
-# The GPU acceptance check, in one script for a CUDA machine (within 10 minutes on one GPU; default budget 540 s):
-#   1. the GPU-marked tests;
-#   2. ResNet-20 for the paper's full schedule (64k iterations, compiled) on real CIFAR-10 JPEGs, printing the final
-#      test error and the wall time (stopped, with a checkpoint, if it would leave the later steps too little time);
-#   3. packed throughput: 1, 2, 4 and 8 ResNet-20 runs sharing the GPU (benchmarks/bench_packing.py);
-#   4. the benchmark with the time left: the classic loop vs the project's trainer (compiled with CUDA graphs and
-#      fused SGD), ResNet-20/56 (benchmarks/bench_train.py), then the same trainer eager if time is left.
-# Each step gets what is left of the budget; a step that overruns is stopped with SIGTERM (the trainer then saves a
-# checkpoint and the benchmark prints what it measured) and the summary says so. Everything ends in one JSON file,
-# summary.json, of the same shape in both modes.
+# The GPU acceptance check, in one script for a CUDA machine (default budget 540 s: within 10 minutes on one GPU).
+# Its parts, in the order of what matters, each with what is left of the budget:
+#   1. ResNet-20 for the paper's full schedule (64k iterations, compiled) on the real CIFAR-10 JPEGs: its final test
+#      error, after both learning-rate drops, and its wall time;
+#   2. packed throughput: 1, 2, 4 and 8 ResNet-20 runs sharing the GPU (benchmarks/bench_packing.py);
+#   3. the classic loop against the project's trainer (compiled with CUDA graphs, fused SGD), ResNet-20/56
+#      (benchmarks/bench_train.py);
+#   4. the GPU-marked tests (this package need not be installed);
+#   5. with what is still left, the benchmark again with the trainer eager: what compile and CUDA graphs add.
+# A part that reaches its limit is stopped (SIGTERM, SIGINT for pytest), writes what it has, and is reported as
+# "stopped at N of M": never as a result, never as a failure. A part with too little time left does not start
+# ("not run"). Exit status: 0 when every part completed or was stopped by the budget; 1 when a part failed; 2 for
+# a usage error or no CUDA; 3 when the CIFAR-10 JPEG archive is missing (one loud line; the other parts still run,
+# on the digits). summary.txt and summary.json (benchmarks/gpu_summary.py) say what each part came to.
 #
-# Usage: benchmarks/gpu_check.sh [--cpu-smoke] [--jpeg ARCHIVE] [--budget SECONDS] [--skip-tests] [--skip-bench]
-#                                [--skip-train] [--skip-packing]
-#   --cpu-smoke  the same steps on CPU in seconds (CI runs it): GPU tests are collected (and skip), a quick benchmark,
-#                ResNet-20 for 20 iterations on the digits data, packing of 1 and 2 runs.
+# Usage: benchmarks/gpu_check.sh [--cpu-smoke] [--jpeg ARCHIVE] [--budget SECONDS] [--iterations N] [--skip-tests]
+#                                [--skip-bench] [--skip-train] [--skip-packing]
+#   --cpu-smoke   the same parts on CPU in about two minutes (CI runs it): ResNet-20 for 20 iterations on the
+#                 digits, packing of 1 and 2 runs, a quick benchmark, the GPU tests collected (they skip)
+#   --iterations  the full-schedule run's length (default: its schedule's, 64,000; 20 with --cpu-smoke)
 # Environment:
 #   PYTHON      interpreter (default: python3; torch must be installed; this package need not be: PYTHONPATH=src)
 #   OUT         folder for logs and results (default build/gpu_check); at most 8 files are written there
 #   CIFAR_JPEG  the CIFAR-10 JPEG archive (default .carry/cifar10-jpeg.tar.gz, else ../shared/data/cifar10-jpeg.tar.gz)
 #   GPU_CHECK_BUDGET_S  total seconds (default 540)
-#   BENCH_RESERVE_S     seconds the full-schedule run leaves for packing and the benchmark (default 200 on GPU)
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 
 MODE=gpu
 BUDGET=${GPU_CHECK_BUDGET_S:-540}
 JPEG=${CIFAR_JPEG:-}
+ITERATIONS=
 RUN_TESTS=1 RUN_BENCH=1 RUN_TRAIN=1 RUN_PACKING=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --cpu-smoke) MODE=cpu ;;
         --jpeg) JPEG=$2; shift ;;
         --budget) BUDGET=$2; shift ;;
+        --iterations) ITERATIONS=$2; shift ;;
         --skip-tests) RUN_TESTS=0 ;;
         --skip-bench) RUN_BENCH=0 ;;
         --skip-train) RUN_TRAIN=0 ;;
@@ -41,6 +47,9 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
+for number in "$BUDGET" ${ITERATIONS:+"$ITERATIONS"}; do
+    [[ "$number" =~ ^[0-9]+$ ]] || { echo "not a whole number: $number (see --help)" >&2; exit 2; }
+done
 
 PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -48,27 +57,55 @@ DEST=${OUT:-build/gpu_check}
 mkdir -p "$DEST"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
-SUMMARY=$DEST/summary.txt
-: >"$SUMMARY"
+# What comes back from $DEST (at most 8 files); the parts' JSON files stay in $WORK and go into summary.json.
+SUMMARY=$DEST/summary.txt TRAIN_LOG=$DEST/train.log PACKING_LOG=$DEST/packing.log BENCH_LOG=$DEST/bench.log
+TESTS_LOG=$DEST/gpu_tests.log HISTORY=$DEST/history.csv
+PARTS=$WORK/parts.tsv RUN=$WORK/run
+for file in "$SUMMARY" "$TRAIN_LOG" "$PACKING_LOG" "$BENCH_LOG" "$TESTS_LOG" "$PARTS"; do : >"$file"; done
+rm -f "$HISTORY" "$DEST/summary.json"
 START=$SECONDS
 STATUS=0
 
+if [ "$MODE" = gpu ]; then
+    # Seconds kept for the summary at the end; seconds a stopped part gets to write what it has before SIGKILL; the
+    # least a part is started with (CUDA start-up and a compile take half a minute).
+    RESERVE_S=20 GRACE_S=20 MIN_PART_S=45
+else
+    RESERVE_S=10 GRACE_S=10 MIN_PART_S=15
+fi
+
 say() { echo "$*" | tee -a "$SUMMARY"; }
 left() { echo $((BUDGET - (SECONDS - START))); }
-# run_step NAME LOG TIMEOUT COMMAND...: runs with a wall-clock limit, logs, records the exit status.
-run_step() {
-    local name=$1 log=$2 limit=$3
+# record PART STATE EXIT SECONDS LIMIT NOTE: one line of $PARTS (gpu_summary.py says what the part came to).
+record() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$PARTS"; }
+# run_part PART LOG SIGNAL COMMAND...: COMMAND with what the budget has left (less RESERVE_S and GRACE_S), stopped
+# with SIGNAL at that limit; its output appended to LOG; its state recorded. Returns COMMAND's exit status (124 when
+# stopped by the budget), or 125 when it was not started.
+run_part() {
+    local part=$1 log=$2 sig=$3
     shift 3
-    local begun=$SECONDS
-    timeout -s TERM -k 20 "$limit" "$@" >"$log" 2>&1
-    local rc=$?
-    local took=$((SECONDS - begun))
-    if [ $rc -eq 124 ]; then
-        say "$name: stopped at its limit of ${limit} s (exit $rc), log $log"
-    else
-        say "$name: exit $rc in ${took} s, log $log"
+    local limit=$(( $(left) - RESERVE_S - GRACE_S ))
+    if [ $limit -lt $MIN_PART_S ]; then
+        record "$part" "not run" 0 0 0 "only $(left) s of the budget left"
+        say "$part: not run, only $(left) s of the budget left"
+        return 125
     fi
-    [ $rc -eq 0 ] || STATUS=1
+    local began=$SECONDS
+    timeout -s "$sig" -k "$GRACE_S" "$limit" "$@" >>"$log" 2>&1
+    local rc=$? took=$((SECONDS - began))
+    # timeout's 124: stopped at the limit; 137 after the limit: killed GRACE_S later (137 before it: killed by
+    # something else, e.g. out of memory, a failure).
+    if [ $rc -eq 124 ] || { [ $rc -eq 137 ] && [ $took -ge $limit ]; }; then
+        record "$part" stopped $rc $took $limit "log $(basename "$log")"
+        say "$part: stopped by the budget at its limit of $limit s, log $log"
+    elif [ $rc -ne 0 ]; then
+        record "$part" failed $rc $took $limit "log $(basename "$log")"
+        say "$part: FAILED with exit status $rc in $took s, log $log"
+        STATUS=1
+    else
+        record "$part" completed 0 $took $limit "log $(basename "$log")"
+        say "$part: completed in $took s, log $log"
+    fi
     return $rc
 }
 
@@ -90,113 +127,92 @@ fi
 tail -n 1 "$SUMMARY"
 
 if [ "$MODE" = gpu ]; then
-    DEVICE=cuda
+    DEVICE=cuda SCHEDULE=cifar_paper
     TEST_TARGET=tests
-    BENCH_ARGS=(--device cuda --rounds 3 --models resnet20,resnet56)
-    TRAIN_ARGS=(--schedule cifar_paper)
+    TRAIN_ARGS=()
     PACKING_ARGS=(--device auto --runs 1,2,4,8 --iterations 400)
+    BENCH_ARGS=(--device cuda --rounds 3 --models resnet20,resnet56)
     if [ -z "$JPEG" ]; then
         for candidate in .carry/cifar10-jpeg.tar.gz ../shared/data/cifar10-jpeg.tar.gz; do
             [ -f "$candidate" ] && JPEG=$candidate && break
         done
     fi
-    [ -n "$JPEG" ] && BENCH_ARGS+=(--jpeg "$JPEG")
+    if [ -n "$JPEG" ] && [ -f "$JPEG" ]; then
+        BENCH_ARGS+=(--jpeg "$JPEG")
+        PREPARE=(prepare imagefolder --raw "$JPEG" --out "$WORK/data")
+    elif [ $RUN_TRAIN = 1 ]; then
+        say "MISSING DATA: no CIFAR-10 JPEG archive at '${JPEG:-.carry/cifar10-jpeg.tar.gz or ../shared/data/cifar10-jpeg.tar.gz}' (set CIFAR_JPEG or --jpeg): the full schedule cannot run; exit status 3"
+        record "full schedule" "not run" 0 0 0 "no CIFAR-10 JPEG archive"
+        RUN_TRAIN=0 STATUS=3
+    fi
 else
-    DEVICE=cpu
+    DEVICE=cpu SCHEDULE=demo
     TEST_TARGET=tests/test_speed.py
-    BENCH_ARGS=(--device cpu --quick --threads 1 --no-jpeg --rounds 1 --window 0.2 --train-images 640)
-    TRAIN_ARGS=(--schedule demo --set iterations=20 --set eval_every=10 --set "milestones=[10,15]")
+    TRAIN_ARGS=(--set eval_every=10 --set "milestones=[10,15]" --set compile=off)
     PACKING_ARGS=(--device cpu --runs 1,2 --iterations 20)
+    BENCH_ARGS=(--device cpu --quick --threads 1 --no-jpeg --rounds 1 --window 0.2 --train-images 640)
+    ITERATIONS=${ITERATIONS:-20}
+    PREPARE=(prepare digits --out "$WORK/data")
+fi
+if [ -z "$ITERATIONS" ]; then
+    ITERATIONS=$("$PY" -c "from resnet_repro.settings import resolve_settings; print(resolve_settings('$SCHEDULE').iterations)") \
+        || { say "error: cannot read the iterations of schedule $SCHEDULE"; exit 2; }
 fi
 
-# 1. GPU-marked tests (on CPU they are collected and skipped).
-if [ $RUN_TESTS = 1 ]; then
-    run_step "gpu tests" "$DEST/gpu_tests.log" $(( $(left) < 180 ? $(left) : 180 )) \
-        "$PY" -m pytest -m gpu "$TEST_TARGET" -q -p no:cacheprovider --continue-on-collection-errors
-    grep -E "passed|failed|skipped|error" "$DEST/gpu_tests.log" | tail -n 1 | sed 's/^/  /' | tee -a "$SUMMARY"
+# 1. The full schedule: the headline figure, so first, with all the budget it needs.
+if [ $RUN_TRAIN = 1 ] && run_part "prepare data" "$TRAIN_LOG" TERM "$PY" -m resnet_repro.cli "${PREPARE[@]}"; then
+    run_part "full schedule" "$TRAIN_LOG" TERM "$PY" -m resnet_repro.cli train --model resnet20 --data "$WORK/data" \
+        --out "$RUN" --seed 0 --device "$DEVICE" --schedule "$SCHEDULE" --set "iterations=$ITERATIONS" \
+        "${TRAIN_ARGS[@]}"
+    grep -E "compiled and ran|^training " "$TRAIN_LOG" | sed 's/^/  /' | tee -a "$SUMMARY"
+    [ -f "$RUN/history.csv" ] && cp "$RUN/history.csv" "$HISTORY"
 fi
 
-# 2. ResNet-20, the paper's full schedule on CIFAR-10 JPEGs (digits, 20 iterations, in the CPU smoke mode). It runs
-#    before the benchmark: it is the headline figure, and the benchmark adapts to the time left.
-if [ $RUN_TRAIN = 1 ]; then
-    DATA=$WORK/data RUN=$WORK/run
-    if [ "$MODE" = gpu ]; then
-        if [ -z "$JPEG" ] || [ ! -f "$JPEG" ]; then
-            say "full schedule: skipped, no CIFAR-10 JPEG archive (set CIFAR_JPEG or copy it to .carry/)"
-            PREPARE=()
-        else
-            PREPARE=(prepare imagefolder --raw "$JPEG" --out "$DATA")
-        fi
-    else
-        PREPARE=(prepare digits --out "$DATA")
-    fi
-    if [ ${#PREPARE[@]} -eq 0 ]; then
-        :
-    elif [ "$(left)" -lt 60 ]; then
-        say "full schedule: skipped, only $(left) s of the budget left"
-    elif run_step "prepare data" "$DEST/train.log" "$(left)" "$PY" -m resnet_repro.cli "${PREPARE[@]}"; then
-        mv "$DEST/train.log" "$WORK/prepare.log"
-        began=$SECONDS
-        # Leave the benchmark BENCH_RESERVE_S (a stopped run saves a checkpoint; the summary gives its iteration).
-        limit=$(( $(left) - ${BENCH_RESERVE_S:-$([ "$MODE" = gpu ] && echo 200 || echo 0)} ))
-        [ $limit -lt 30 ] && limit=30
-        run_step "train resnet20" "$DEST/train.log" "$limit" \
-            "$PY" -m resnet_repro.cli train --model resnet20 --data "$DATA" --out "$RUN" --seed 0 --device "$DEVICE" \
-            "${TRAIN_ARGS[@]}"
-        wall=$((SECONDS - began))
-        cat "$WORK/prepare.log" >>"$DEST/train.log"
-        grep -E "compiled and ran|^training " "$DEST/train.log" | sed 's/^/  /' | tee -a "$SUMMARY"
-        if [ -f "$RUN/history.csv" ]; then
-            cp "$RUN/history.csv" "$DEST/history.csv"
-            "$PY" - "$RUN/history.csv" "$wall" <<'EOF' | tee -a "$SUMMARY"
-import csv, sys
-rows = list(csv.DictReader(open(sys.argv[1])))
-if rows:
-    last = rows[-1]
-    print(f"  final test error {float(last['test_error']):.4f} (test loss {float(last['test_loss']):.4f}) at "
-          f"iteration {last['iteration']}; wall time {sys.argv[2]} s including start-up, compile and "
-          f"{len(rows)} evaluations; last interval {last['images_per_s']} img/s")
-else:
-    print("  final test error: none (no evaluation was reached)")
-EOF
-        else
-            say "  final test error: none (the run wrote no history)"
-        fi
-    fi
-fi
-
-# 3. Packed throughput on the data prepared above (or the digits, if step 2 did not prepare any).
+# 2. Packed throughput, on the data prepared above (the digits where there is none).
 if [ $RUN_PACKING = 1 ]; then
-    if [ ! -f "$WORK/data/meta.json" ]; then
-        "$PY" -m resnet_repro.cli prepare digits --out "$WORK/data" >/dev/null 2>&1
+    data=$WORK/data
+    if [ ! -f "$data/meta.json" ]; then
+        data=$WORK/digits
+        "$PY" -m resnet_repro.cli prepare digits --out "$data" >>"$PACKING_LOG" 2>&1
     fi
-    packing_budget=$(( $(left) - $([ $RUN_BENCH = 1 ] && [ "$MODE" = gpu ] && echo 110 || echo 20) ))
-    [ $packing_budget -lt 30 ] && packing_budget=30
-    run_step "packing" "$WORK/packing.log" $((packing_budget + 60)) \
-        "$PY" benchmarks/bench_packing.py --data "$WORK/data" "${PACKING_ARGS[@]}" --budget "$packing_budget" \
-        --json "$DEST/packing.json"
-    sed -n '/^| runs per GPU/,$p' "$WORK/packing.log" | tee -a "$SUMMARY"
+    # Rounds start in the first half of the part's time (its --budget), so the last one started can end; what it
+    # does not use goes to the benchmark.
+    soft=$(( ($(left) - RESERVE_S - GRACE_S) / 2 ))
+    run_part packing "$PACKING_LOG" TERM "$PY" benchmarks/bench_packing.py --data "$data" "${PACKING_ARGS[@]}" \
+        --budget "$soft" --json "$WORK/packing.json"
+    sed -n '/^| runs per GPU/,$p' "$PACKING_LOG" | tee -a "$SUMMARY"
 fi
 
-# 4. The benchmark with the time left (it measures a model uncompiled, or skips it, where compiling would overrun);
-#    then, with what is still left, the same trainer eager: what compile and CUDA graphs add over fused SGD alone.
+# 3. The benchmark: it measures a model uncompiled, or skips it, where compiling would overrun its --budget.
 if [ $RUN_BENCH = 1 ]; then
-    bench_budget=$(( $(left) - 30 ))
-    [ $bench_budget -lt 30 ] && bench_budget=30
-    run_step "benchmark" "$DEST/bench.log" $((bench_budget + 20)) \
-        "$PY" benchmarks/bench_train.py "${BENCH_ARGS[@]}" --budget "$bench_budget" --json "$DEST/bench.json"
-    sed -n '/^| model/,/^$/p' "$DEST/bench.log" | tee -a "$SUMMARY"
-    grep -E "^(Device|Project runtime|Classic):" "$DEST/bench.log" | tee -a "$SUMMARY"
-    if [ "$MODE" = gpu ] && [ "$(left)" -gt 60 ]; then
-        run_step "benchmark, eager" "$WORK/bench_eager.log" $(( $(left) - 10 )) \
-            "$PY" benchmarks/bench_train.py "${BENCH_ARGS[@]}" --eager-models resnet20,resnet56 \
-            --budget $(( $(left) - 40 )) --json "$WORK/bench_eager.json"
-        sed -n '/^| model/,/^$/p' "$WORK/bench_eager.log" | tee -a "$SUMMARY"
-    fi
+    soft=$(( $(left) - RESERVE_S - GRACE_S - 10 ))
+    run_part benchmark "$BENCH_LOG" TERM "$PY" benchmarks/bench_train.py "${BENCH_ARGS[@]}" --budget "$soft" \
+        --json "$WORK/bench.json"
+    sed -n '/^| model/,/^$/p' "$BENCH_LOG" | tee -a "$SUMMARY"
+    grep -E "^(Device|Project runtime|Classic|Stopped):" "$BENCH_LOG" | tee -a "$SUMMARY"
 fi
 
-# One JSON of everything above, the same shape in both modes (what a GPU session commits under benchmarks/results/).
-"$PY" benchmarks/gpu_summary.py "$DEST" "$WORK" "$MODE" "$STATUS" "$((SECONDS - START))" | tee -a "$SUMMARY" \
-    || STATUS=1
+# 4. The GPU-marked tests (on CPU they are collected and skipped); SIGINT lets pytest print what it counted.
+if [ $RUN_TESTS = 1 ]; then
+    run_part "gpu tests" "$TESTS_LOG" INT "$PY" -m pytest -m gpu "$TEST_TARGET" -p no:cacheprovider \
+        --continue-on-collection-errors
+    grep -E "passed|failed|skipped|error" "$TESTS_LOG" | tail -n 1 | sed 's/^/  /' | tee -a "$SUMMARY"
+fi
+
+# 5. With what is still left, the same trainer eager (GPU only): what compile and CUDA graphs add over fused SGD.
+if [ $RUN_BENCH = 1 ] && [ "$MODE" = gpu ]; then
+    soft=$(( $(left) - RESERVE_S - GRACE_S - 10 ))
+    echo "# --- the trainer eager" >>"$BENCH_LOG"
+    run_part "benchmark, eager" "$BENCH_LOG" TERM "$PY" benchmarks/bench_train.py "${BENCH_ARGS[@]}" \
+        --eager-models resnet20,resnet56 --budget "$soft" --json "$WORK/bench_eager.json"
+fi
+
+say "--- what each part came to"
+"$PY" benchmarks/gpu_summary.py --json "$DEST/summary.json" --mode "$MODE" --status "$STATUS" \
+    --seconds "$((SECONDS - START))" --budget "$BUDGET" --parts "$PARTS" --iterations "$ITERATIONS" \
+    --history "$HISTORY" --checkpoint "$RUN/checkpoint.pt" --packing "$WORK/packing.json" \
+    --bench "$WORK/bench.json" --bench-eager "$WORK/bench_eager.json" --tests-log "$TESTS_LOG" \
+    | tee -a "$SUMMARY"
+[ "${PIPESTATUS[0]}" -eq 0 ] || { say "error: the summary failed"; STATUS=1; }
 say "gpu_check finished in $((SECONDS - START)) s, status $STATUS"
 exit $STATUS

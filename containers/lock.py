@@ -14,7 +14,8 @@ The images run Debian bookworm's CPython 3.11 on x86_64, so run this with a CPyt
 linux x86_64 (pip resolves for the interpreter that runs it). It resolves, with pip's own
 resolver and without installing anything (`pip install --dry-run --ignore-installed --report`):
     train:  the package with its `render` extra (dependencies from pyproject.toml) + the dvc pin
-            of the `pipeline` extra
+            of the `pipeline` extra, constrained to constraints.txt (the exact torch/torchvision of
+            CI: pyproject.toml gives only their supported range)
     torch:  torch + torchvision, constrained to the versions of the train lock
     render: the package's dependencies minus torch/torchvision + the `render` extra + the dvc pin,
             constrained to the versions of the train lock
@@ -94,7 +95,7 @@ def main() -> None:
     deps = project["dependencies"]
     extras = project.get("optional-dependencies", {})
     dvc = [r for r in extras.get("pipeline", []) if req_name(r) == "dvc"] or ["dvc"]
-    train = resolve([".[render]", *dvc])
+    train = resolve([".[render]", *dvc], constraints=ROOT / "constraints.txt")
     train_lock = HERE / "requirements-train.lock"
     write(train_lock, train, "training image: the package + render extra + dvc")
     torch_pins = [f"{n}=={v}" for n, v in train.items() if n in HEAVY]

@@ -91,9 +91,22 @@ def _machine_gpus_for_gpu_tests(request: pytest.FixtureRequest, monkeypatch: pyt
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", MACHINE_CUDA_VISIBLE_DEVICES)
 
 
+def cli_installed() -> bool:
+    """Whether the `resnet-repro` console script is installed beside this interpreter. benchmarks/gpu_check.sh runs
+    the GPU tests with a machine's own Python and torch, where the package is not installed (PYTHONPATH=src)."""
+    return (BIN / "resnet-repro").is_file()
+
+
+def cli_command() -> list[str]:
+    """How to start `resnet-repro`: the console script, else this checkout's package through this interpreter."""
+    return [str(BIN / "resnet-repro")] if cli_installed() else [sys.executable, "-m", "resnet_repro.cli"]
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    if not cli_installed():  # `python -m resnet_repro.cli` imports the package from this checkout
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.update(extra)
     return env
@@ -102,7 +115,7 @@ def cli_env(**extra: str) -> dict[str, str]:
 def run_cli(*args: str, cwd: Path | None = None, check: bool = True, timeout: float = 600, **env: str):
     """Run `resnet-repro ARGS` as a real process; return the CompletedProcess."""
     result = subprocess.run(
-        [str(BIN / "resnet-repro"), *args], cwd=cwd, env=cli_env(**env), capture_output=True, text=True, timeout=timeout
+        [*cli_command(), *args], cwd=cwd, env=cli_env(**env), capture_output=True, text=True, timeout=timeout
     )
     if check and result.returncode != 0:
         raise AssertionError(f"resnet-repro {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")

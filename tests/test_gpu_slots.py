@@ -380,8 +380,8 @@ def test_snakemake_packs_slots_but_gpu_keeps_counting_gpus(tmp_path: Path) -> No
 
 def test_gpu_runs_per_device_is_a_checked_config_value() -> None:
     from resnet_repro.errors import ConfigError
-    from resnet_repro.resources import config_runs_per_device, job_resources
     from resnet_repro.plan import load_config, validate_config
+    from resnet_repro.resources import config_runs_per_device, job_resources
 
     config = load_config(REPO / "config.yaml")
     assert config_runs_per_device(config) == 1  # opt in: a GPU per job unless asked

@@ -8,6 +8,7 @@ fallback to eager when compiled steps fail, are resnet_repro.step's.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -20,8 +21,10 @@ from .settings import TrainSettings
 
 # torch.compile's mode per device type. On CUDA, "reduce-overhead" replays each compiled step as a CUDA graph:
 # a CIFAR ResNet step at batch 128 is a few hundred small kernels, so kernel launches, not math, bound it there.
-# The environment variable RESNET_REPRO_COMPILE_MODE overrides it (e.g. "max-autotune-no-cudagraphs"); speed only,
-# so it is not part of a run's identity.
+# The environment variable RESNET_REPRO_COMPILE_MODE overrides it with any mode torch.compile knows (e.g.
+# "max-autotune", which uses CUDA graphs too, or "max-autotune-no-cudagraphs"; `mode_uses_cudagraphs` asks torch
+# which do); speed only, so it is not part of a run's identity. A mode torch does not know makes torch.compile raise
+# at once, and the run goes on eager saying so.
 COMPILE_MODES = {"cuda": "reduce-overhead", "cpu": "default"}
 COMPILE_MODE_ENV = "RESNET_REPRO_COMPILE_MODE"
 # `compile: auto` compiles runs of at least this many iterations: compilation (a minute or more) must pay for itself.
@@ -32,8 +35,9 @@ CUDA_COMPILE_MIN_ITERATIONS = 2000
 CPU_COMPILE_MIN_ITERATIONS = 5000
 COMPILE_MIN_ITERATIONS = {"cuda": CUDA_COMPILE_MIN_ITERATIONS, "cpu": CPU_COMPILE_MIN_ITERATIONS}
 # Compiled steps that can still fail, counted from the first: compilation happens in the first call; CUDA-graph
-# trees run that call as a warm-up, record the graphs on the second and first replay them on the third. A failure
-# in any of them is undone and the step retaken eagerly (resnet_repro.core).
+# trees (every mode for which `mode_uses_cudagraphs`) run that call as a warm-up, record the graphs on the second
+# and first replay them on the third. A failure in any of them is undone and the step retaken eagerly
+# (resnet_repro.core).
 GUARDED_STEPS = {"cudagraphs": 3, "other": 1}
 # bf16 runs natively (tensor cores) from compute capability 8.0 (Ampere) on; older GPUs emulate it, slower than fp32.
 CUDA_NATIVE_BF16 = (8, 0)
@@ -58,7 +62,7 @@ class Runtime:
     @property
     def cudagraphs(self) -> bool:
         """Compiled steps replay as CUDA graphs: each step must be marked (torch.compiler.cudagraph_mark_step_begin)."""
-        return self.compile and self.device.type == "cuda" and "reduce-overhead" in self.compile_mode
+        return self.compile and self.device.type == "cuda" and mode_uses_cudagraphs(self.compile_mode)
 
     @property
     def guarded_steps(self) -> int:
@@ -85,6 +89,19 @@ class Runtime:
             "compile_fallback": self.compile_fallback,
             "fused_sgd": self.fused_sgd,
         }
+
+
+@functools.cache
+def mode_uses_cudagraphs(mode: str) -> bool:
+    """Whether torch.compile's `mode` replays CUDA graphs, from torch's own table of its modes' options
+    (reduce-overhead and max-autotune do; default and max-autotune-no-cudagraphs do not). False for a mode torch
+    does not know: torch.compile refuses it before any step."""
+    from torch._inductor import list_mode_options
+
+    try:
+        return bool(list_mode_options(mode).get("triton.cudagraphs", False))
+    except RuntimeError:  # "Unrecognized mode=..."
+        return False
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -163,7 +180,14 @@ def configure_backends(runtime: Runtime) -> None:
     if runtime.device.type != "cuda":
         return
     torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution algorithm once
-    # The per-backend fp32_precision switches (not the legacy allow_tf32 ones: torch refuses a mix of both).
-    math = "tf32" if runtime.bf16 else "ieee"
+    # Both precision APIs, the legacy one first. Reading a legacy switch (allow_tf32,
+    # torch.get_float32_matmul_precision) raises when the per-backend fp32_precision ones were set alone
+    # (pytorch#166387), and inductor's max-autotune and torch.backends.cudnn.flags() read them. Setting the legacy
+    # switches sets the matching new ones too, except a cuDNN convolution's "ieee" (left "none", inherited), so the
+    # new ones are then set to the same values: every read-back, old or new, says what runs.
+    tf32 = runtime.bf16
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    torch.backends.cudnn.allow_tf32 = tf32
+    math = "tf32" if tf32 else "ieee"
     torch.backends.cuda.matmul.fp32_precision = math
     torch.backends.cudnn.conv.fp32_precision = math

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create (or refresh) the project's virtual environment in .venv with everything the pipeline and the tests
-# need. torch==2.14.1 and torchvision==0.29.1 are pinned in pyproject.toml (a looser pin downloads several GB).
+# need, with the exact torch and torchvision of constraints.txt (pyproject.toml accepts a range, for machines with
+# their own torch; an unconstrained install here could download several GB of another release).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python3}
@@ -18,7 +19,7 @@ if [[ ! -x .venv/bin/python ]]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -m pip install --quiet -e ".[render,pipeline,dev]" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -m pip install --quiet -e ".[render,pipeline,dev]" -c constraints.txt 2>&1 | grep -v "^WARNING: Location" || true
 # pip's exit status is lost in the pipe above: check the result directly.
 .venv/bin/python -c "import resnet_repro, torch, torchvision, snakemake, dvc, matplotlib, pytest" \
     || { echo "error: installing into .venv failed" >&2; exit 1; }

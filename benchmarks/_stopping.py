@@ -1,0 +1,31 @@
+"""Stopping a benchmark on SIGTERM so that it still writes what it measured (`timeout` signals a whole process group).
+
+Imports nothing heavy: bench_packing.py, which only starts trainer processes, uses it too.
+"""
+
+from __future__ import annotations
+
+import signal
+
+
+class Stopped(Exception):
+    """SIGTERM (e.g. from `timeout`): stop measuring, still print and write what was measured."""
+
+
+def _stop(signum: int, _frame: object) -> None:
+    # Once: a second signal must not cut short the writing of what was measured.
+    signal.signal(signum, signal.SIG_IGN)
+    raise Stopped(signal.Signals(signum).name)
+
+
+def stop_on_sigterm() -> None:
+    """From now on SIGTERM raises `Stopped` in this process's main thread."""
+    signal.signal(signal.SIGTERM, _stop)
+
+
+def ignore_stop_signals(_worker_id: int) -> None:
+    """A DataLoader's worker_init_fn. `timeout` sends SIGTERM to the whole process group: a worker that died of it
+    would make the loader raise "DataLoader worker ... killed by signal: Terminated" in the main process instead of
+    `Stopped`. Workers ignore it (and Ctrl-C's SIGINT) and end when the main process shuts its loader down."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
