@@ -200,6 +200,7 @@ def evaluate_imagenet(
         "single_crop_loss": round(F.cross_entropy(single, truth).item(), 6),
         **{key: round(value, 6) for key, value in _last_train_row(model_path.parent).items()},
         "parameters": count_parameters(model),
+        "test_images": len(truth),  # the validation images the errors rest on: the verdict's binomial noise
         # 1000x1000 would be megabytes of JSON, mostly zeros: kept only for small class counts.
         **({"confusion_matrix": confusion.tolist()} if len(classes) <= 100 else {}),
         "provenance": {

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from ..settings import load_schedules
-from .claims import NOT_RUN, VERDICTS, Verdict
+from .claims import HOLM_RULE, NOT_RUN, UNDETERMINED, VERDICTS, Verdict
 from .formats import DASH, Column, Table, fmt, pm, rounded
 from .names import is_plain, model_depth, model_label
 from .references import cite
@@ -460,8 +460,25 @@ def table3(results: ExperimentResults, refs: dict) -> Table:
     )
 
 
-def verdict_table(verdicts: list[Verdict], name: str = "verdict", title: str = "Reproduction verdict") -> Table:
-    records = [vars(v) | {"n": i + 1} for i, v in enumerate(verdicts)]
+def _p_value(value: float | None) -> str:
+    if value is None:
+        return DASH
+    return "<0.0001" if value < 1e-4 else f"{value:.4f}"
+
+
+def verdict_table(
+    verdicts: list[Verdict], holm: bool, name: str = "verdict", title: str = "Reproduction verdict"
+) -> Table:
+    """One row per claim: evidence, margin, noise, seeds, df, critical value, p-value and the level it is tested at,
+    rule and verdict. `holm`: whether the ordering claims were tested as one family (the notes say so)."""
+    records = [
+        vars(v)
+        | {
+            "p_value": None if v.p_value is None else float(f"{v.p_value:.4g}"),
+            "threshold": None if v.threshold is None else float(f"{v.threshold:.6g}"),
+        }
+        for v in verdicts
+    ]
     counts = {k: sum(v.verdict == k for v in verdicts) for k in VERDICTS}
     show_experiment = len({v.experiment for v in verdicts}) > 1
     columns = [Column("Experiment", lambda r: r["experiment"], "l")] if show_experiment else []
@@ -474,9 +491,16 @@ def verdict_table(verdicts: list[Verdict], name: str = "verdict", title: str = "
         Column("Seeds", lambda r: r["seeds"] or DASH),
         Column("df", lambda r: "∞" if r["df"] == math.inf else fmt(r["df"], 1)),
         Column("Critical value", lambda r: fmt(r["critical"], 2)),
+        Column("p-value", lambda r: _p_value(r["p_value"])),
+        Column("Tested at", lambda r: DASH if r["threshold"] is None else f"{r['threshold']:.4g}"),
         Column("Rule", lambda r: r["tolerance"], "l"),
         Column("Verdict", lambda r: r["verdict"], "l"),
     ]
+    family = (
+        HOLM_RULE
+        if holm
+        else "Each ordering claim is tested alone at 1 - confidence: no family-wise control (tolerances.holm off)."
+    )
     return Table(
         name,
         title,
@@ -490,6 +514,8 @@ def verdict_table(verdicts: list[Verdict], name: str = "verdict", title: str = "
             "seeds",
             "df",
             "critical",
+            "p_value",
+            "threshold",
             "tolerance",
             "verdict",
         ],
@@ -499,7 +525,10 @@ def verdict_table(verdicts: list[Verdict], name: str = "verdict", title: str = "
             ", ".join(f"{counts[k]} {k}" for k in VERDICTS) + ".",
             "Ordering claims: reproduced when the margin exceeds the noise, not reproduced when it is beyond the noise "
             "the other way, within noise otherwise. The noise is the critical value of Student's t at the df shown "
-            "times the standard error of the difference (the Rule column says how both are estimated).",
-            "A claim whose runs (any of their seeds) have not happened is 'not run', never a pass.",
+            "times the standard error of the difference (the Rule column says how both are estimated); equivalently, "
+            "the two-sided p-value is at or below the level it is tested at.",
+            family,
+            f"'{UNDETERMINED}': a run does not say how many images an error rests on, so its noise cannot be "
+            f"computed. A claim whose runs (any of their seeds) have not happened is '{NOT_RUN}'. Neither is a pass.",
         ],
     )
