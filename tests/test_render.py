@@ -317,8 +317,8 @@ def test_every_artifact_of_every_experiment_is_written(synthetic) -> None:
     names = {name: [a.name for a in experiment_artifacts(plan, name)] for name in plan.experiments}
     assert names["degradation"] == ["fig1", "results", "verdict"]
     assert names["cifar10_depth"] == ["fig6", "fig7", "table6", "verdict"]
-    assert names["fc_vs_resnet"] == ["fc_curves", "fc_table", "verdict"]
-    assert names["cifar100"] == ["cifar100_curves", "cifar100_table", "verdict"]
+    assert names["fc_vs_resnet"] == names["review_fc_vs_resnet"] == ["fc_curves", "fc_table", "verdict"]
+    assert names["cifar100"] == names["review_cifar100"] == ["cifar100_curves", "cifar100_table", "verdict"]
     assert names["imagenet"] == ["fig4", "table2", "verdict"]
     assert names["imagenet_table3"] == ["table3_curves", "table3", "verdict"]
     assert names["demo"] == ["curves", "fig7", "results", "verdict"]
@@ -372,6 +372,18 @@ def test_fc_table_numbers_equal_the_json_and_the_review(synthetic) -> None:
             assert float(review[key]) == refs[model][key]
     md = (root / "results/fc_vs_resnet/tables/fc_table.md").read_text()
     assert "| FC-56 | review | 2.3070 | 2.3029 | 0.0999 | 0.0965 |" in md
+    # Each regime says which it is: the paper's (augmented) here, the review's (seeds of its own) beside it.
+    regimes = load_references()["regimes"]
+    assert f"ours in {regimes['paper']['label']} beside the review's" in md and regimes["paper"]["note"] in md
+    review_rows = read_csv(root / "results/review_fc_vs_resnet/tables/fc_table.csv")
+    m = metrics[plan.run("cifar10", "fc20", 100).folder]
+    ours = next(r for r in review_rows if r["model"] == "fc20" and r["source"] == "ours")
+    assert float(ours["val_loss"]) == pytest.approx(m["test_loss"])
+    review_md = (root / "results/review_fc_vs_resnet/tables/fc_table.md").read_text()
+    assert f"ours in {regimes['review']['label']} beside the review's" in review_md
+    assert regimes["review"]["note"] in review_md and regimes["paper"]["note"] not in review_md
+    cifar100 = (root / "results/review_cifar100/tables/cifar100_table.md").read_text()
+    assert regimes["review"]["label"] in cifar100 and regimes["review"]["label"] not in md
 
 
 def test_cifar100_and_table2_numbers_equal_the_json(synthetic) -> None:
@@ -957,7 +969,8 @@ def test_html_report_contains_every_flagged_file(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     page = (tmp_path / "report.html").read_text()
     items = report_items(plan) + summary_report_items()
-    assert len(items) == 4 + 4 + 3 + 3 + 3 + 5 + 1  # + the short experiment: fig6, fig7, results, runs, verdict
+    # + the short experiment: fig6, fig7, results, runs, verdict; + the review's two in its own regime: 3 each
+    assert len(items) == 4 + 4 + 3 + 3 + 3 + 5 + 1 + 3 + 3
     for item in items:
         assert item.path in page, item.path
     assert "Reproduction of" in page  # workflow.rst

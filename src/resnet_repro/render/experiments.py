@@ -226,6 +226,57 @@ TABLE3_CLAIMS = (
 )
 
 
+REVIEW_FC_CLAIMS = (
+    AtChance("FC-56 does not learn (test accuracy at chance)", REVIEW_FC, "fc56"),
+    AtChance("FC-20 learns (test accuracy above chance)", REVIEW_FC, "fc20", above=True),
+    Worse("ResNet-18 has lower test error than FC-20", REVIEW_FC, "fc20", "cifar_resnet18"),
+)
+
+
+def regime_label(regime: str) -> str:
+    """What the report calls an experiment's regime: "paper" (augmented) or "review" (no augmentation, fp32)."""
+    return "the review's regime" if regime == "review" else "the paper's regime"
+
+
+def fc_experiment(regime: str) -> Experiment:
+    """The review's FC-20 / FC-56 / ResNet-18 experiment on CIFAR-10, run in `regime` (references.yaml `regimes`)."""
+    return Experiment(
+        artifacts=(
+            figure(
+                "fc_curves",
+                "fc_curves",
+                f"FC-20 / FC-56 / ResNet-18 curves, {regime_label(regime)}",
+                lambda results, base: draw_loss_accuracy(results, list(results.models), base),
+            ),
+            table(
+                "fc_table",
+                "fc_table",
+                f"The review's FC table, ours in {regime_label(regime)}",
+                lambda r: fc_table(r.results, r.refs, regime),
+            ),
+        ),
+        claims=fixed(*REVIEW_FC_CLAIMS),
+    )
+
+
+def cifar100_experiment(regime: str) -> Experiment:
+    """The review's CIFAR-100 experiment, run in `regime`."""
+    return Experiment(
+        artifacts=(
+            figure(
+                "cifar100_curves", "cifar100_curves", f"CIFAR-100 error curves, {regime_label(regime)}", top1_curves
+            ),
+            table(
+                "cifar100_table",
+                "cifar100_table",
+                f"CIFAR-100: top-1/top-5 error, {regime_label(regime)}",
+                lambda r: cifar100_table(r.results, r.refs, regime),
+            ),
+        ),
+        claims=_cifar100_claims,
+    )
+
+
 # ------------------------------------------------------------------------------------------- the registry
 FIG7_SHORT_LABEL = "Std of layer responses (as Fig. 7)"
 
@@ -262,34 +313,11 @@ REGISTRY: dict[str, Experiment] = {
         ),
         claims=_cifar10_depth_claims,
     ),
-    "fc_vs_resnet": Experiment(
-        artifacts=(
-            figure(
-                "fc_curves",
-                "fc_curves",
-                "FC-20 / FC-56 / ResNet-18 curves",
-                lambda results, base: draw_loss_accuracy(results, list(results.models), base),
-            ),
-            table("fc_table", "fc_table", "The review's FC table", lambda r: fc_table(r.results, r.refs)),
-        ),
-        claims=fixed(
-            AtChance("FC-56 does not learn (test accuracy at chance)", REVIEW_FC, "fc56"),
-            AtChance("FC-20 learns (test accuracy above chance)", REVIEW_FC, "fc20", above=True),
-            Worse("ResNet-18 has lower test error than FC-20", REVIEW_FC, "fc20", "cifar_resnet18"),
-        ),
-    ),
-    "cifar100": Experiment(
-        artifacts=(
-            figure("cifar100_curves", "cifar100_curves", "CIFAR-100 error curves", top1_curves),
-            table(
-                "cifar100_table",
-                "cifar100_table",
-                "CIFAR-100: top-1/top-5 error",
-                lambda r: cifar100_table(r.results, r.refs),
-            ),
-        ),
-        claims=_cifar100_claims,
-    ),
+    # The review's experiments in the paper's regime (augmented) and, as review_*, in the review's own.
+    "fc_vs_resnet": fc_experiment("paper"),
+    "review_fc_vs_resnet": fc_experiment("review"),
+    "cifar100": cifar100_experiment("paper"),
+    "review_cifar100": cifar100_experiment("review"),
     "imagenet": Experiment(
         artifacts=(
             figure("fig4", "fig4", "Fig. 4: ImageNet training", plain_vs_residual_curves),

@@ -19,7 +19,9 @@ def load_references(path: Path | str = REFERENCES_FILE) -> dict:
         refs = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as error:
         raise DataError(f"{path}: cannot read the reference numbers ({error})") from None
-    missing = {"sources", "table6", "table2", "review_fc", "cifar100_reference", "tolerances"} - set(refs or {})
+    missing = {"sources", "table6", "table2", "review_fc", "cifar100_reference", "tolerances", "regimes"} - set(
+        refs or {}
+    )
     if missing:
         raise DataError(f"{path}: missing sections {sorted(missing)}")
     return refs

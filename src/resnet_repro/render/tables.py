@@ -281,8 +281,9 @@ def table6(results: ExperimentResults, refs: dict) -> Table:
     )
 
 
-def fc_table(results: ExperimentResults, refs: dict) -> Table:
-    """The review's FC table: ours (mean over seeds) and the review's, one row each per model."""
+def fc_table(results: ExperimentResults, refs: dict, regime: str) -> Table:
+    """The review's FC table: ours (mean over seeds) and the review's, one row each per model; `regime`
+    (references.yaml `regimes`): which regime ours ran in, named in the title and described in a note."""
     metrics = (
         ("train_loss", "train_loss"),
         ("val_loss", "test_loss"),
@@ -311,7 +312,7 @@ def fc_table(results: ExperimentResults, refs: dict) -> Table:
         )
     return Table(
         "fc_table",
-        "FC-20 / FC-56 / ResNet-18 on CIFAR-10: ours beside the review's",
+        f"FC-20 / FC-56 / ResNet-18 on CIFAR-10, ours in {refs['regimes'][regime]['label']} beside the review's",
         ["model", "source", "train_loss", "val_loss", "train_accuracy", "val_accuracy", "runs"],
         [
             Column("Model", lambda r: r["label"], "l"),
@@ -326,11 +327,13 @@ def fc_table(results: ExperimentResults, refs: dict) -> Table:
             f"Review: {cite(refs, 'review_fc')}.",
             "Ours: last epoch's training loss/accuracy; 'val' is our held-out evaluation split (metrics.json "
             "`split`); mean over seeds.",
+            refs["regimes"][regime]["note"],
         ],
     )
 
 
-def cifar100_table(results: ExperimentResults, refs: dict) -> Table:
+def cifar100_table(results: ExperimentResults, refs: dict, regime: str) -> Table:
+    """CIFAR-100 top-1/top-5 error beside a published reference run; `regime` as for `fc_table`."""
     reference = {row["model"]: row for row in refs["cifar100_reference"]["rows"]}
     records = []
     for group in results.models.values():
@@ -353,7 +356,8 @@ def cifar100_table(results: ExperimentResults, refs: dict) -> Table:
         )
     return Table(
         "cifar100_table",
-        "CIFAR-100: top-1 / top-5 error (%), ours beside a published reference run",
+        f"CIFAR-100: top-1 / top-5 error (%), ours in {refs['regimes'][regime]['label']} beside a published "
+        "reference run",
         [
             "model",
             "params_m",
@@ -377,7 +381,10 @@ def cifar100_table(results: ExperimentResults, refs: dict) -> Table:
             Column("Seeds", lambda r: r["status"], "l"),
         ],
         records,
-        [f"Reference run: {cite(refs, 'cifar100_reference')}. PlainCNN nets have no reference run."],
+        [
+            f"Reference run: {cite(refs, 'cifar100_reference')}. PlainCNN nets have no reference run.",
+            refs["regimes"][regime]["note"],
+        ],
     )
 
 
