@@ -64,7 +64,7 @@ def test_results_table_matches_the_metrics(results) -> None:
         row = rows[model]
         assert float(row["error_mean"]) == pytest.approx(mean, abs=1e-6)
         assert float(row["error_std"]) == pytest.approx(std, abs=1e-6)
-        assert float(row["error_best"]) == pytest.approx(min(errors), abs=1e-6)
+        assert "error_best" not in row  # a best of seeds only where the paper prints one (Table 6, ResNet-110)
         train = [100 * run.metrics["train_error"] for run in group.runs]
         assert float(row["train_error_mean"]) == pytest.approx(math.fsum(train) / len(train), abs=1e-6)
         assert int(row["runs"]) == len(group.runs) == len(group.seeds)

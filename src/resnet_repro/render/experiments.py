@@ -38,7 +38,9 @@ from .formats import Table, write_table
 from .names import is_cifar_6n2, model_depth, model_label
 from .results import ExperimentResults, config_models
 from .tables import (
+    cifar10_deviations,
     cifar100_table,
+    deviation_notes,
     fc_table,
     results_table,
     runs_table,
@@ -293,7 +295,12 @@ REGISTRY: dict[str, Experiment] = {
     "degradation": Experiment(
         artifacts=(
             figure("fig1", "fig1", "Fig. 1: plain nets, training and test error", degradation_curves),
-            table("results", "results_table", "Results", lambda r: results_table(r.results)),
+            table(
+                "results",
+                "results_table",
+                "Results",
+                lambda r: results_table(r.results, deviation_notes(r.refs, cifar10_deviations(r.results))),
+            ),
         ),
         claims=fixed(
             Worse("plain-56 has higher training error than plain-20", PAPER_FIG1, "plain56", "plain20", "train_error"),
