@@ -59,7 +59,7 @@ def main() -> int:
     for module in sorted(set().union(*(files for _, files, _ in columns))):
         # "-": the module did not exist then (split since, or new)
         counts = [str(count.get(module, 0)) if module in files else "-" for count, files, _ in columns]
-        rows.append([f"`{module.removeprefix(PACKAGE)}`", *counts])
+        rows.append([module.removeprefix(PACKAGE), *counts])
     if args.markdown:
         print("| " + " | ".join(header) + " |")
         print("|" + "|".join([":---", *["---:"] * (len(header) - 1)]) + "|")

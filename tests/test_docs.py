@@ -17,6 +17,7 @@ import yaml
 from conftest import REPO
 
 from resnet_repro.cli import build_parser
+from resnet_repro.paths import SETTINGS_FILE
 
 README = REPO / "README.md"
 DOCS = sorted((REPO / "docs").glob("*.md"))
@@ -157,9 +158,13 @@ def test_command_line_page_names_every_subcommand() -> None:
 
 # ----------------------------------------------------------------------------------------- files and scripts
 def committed_folder(path: str) -> bool:
-    """Whether a path under results/ lies in a committed experiment or dataset folder (so the path must exist)."""
+    """Whether a path under results/ lies in a folder of committed results (so the path must exist): not a run
+    folder holding only the settings.json every planned run has."""
     parts = path.split("/")
-    return parts[0] == "results" and len(parts) > 2 and (REPO / parts[0] / parts[1]).is_dir()
+    if parts[0] != "results" or len(parts) <= 2:
+        return False
+    folder = REPO.joinpath(*parts[:-1])
+    return folder.is_dir() and any(entry.name != SETTINGS_FILE for entry in folder.iterdir())
 
 
 def repository_paths(text: str) -> set[str]:

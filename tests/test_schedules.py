@@ -23,6 +23,16 @@ from resnet_repro.settings import (
 )
 
 BEFORE = json.loads((Path(__file__).parent / "settings_at_cf5a823.json").read_text())
+# Changed on purpose since cf5a823 (issue 27): the FC nets train in fp32 on every device (their initial logits differ
+# by less than bf16 resolves), and the review's own regime (no augmentation, fp32) has schedules and runs of its own.
+CHANGED = {"review_fc": {"precision": "fp32"}}
+NO_AUGMENTATION = {"augment": {"pad": 0, "flip": False}}
+NEW = {
+    "review_cifar_noaug": ("review_cifar", NO_AUGMENTATION | {"precision": "fp32"}),
+    "review_fc_noaug": ("review_fc", NO_AUGMENTATION),
+}
+CHANGED_RUNS = {"fc_vs_resnet/fc20/seed0": "review_fc", "fc_vs_resnet/fc56/seed0": "review_fc"}
+NEW_EXPERIMENTS = ("review_fc_vs_resnet", "review_cifar100")
 
 
 def digest(settings: TrainSettings) -> str:
@@ -31,20 +41,23 @@ def digest(settings: TrainSettings) -> str:
 
 
 def test_every_named_schedule_resolves_to_the_settings_it_had_before_bases() -> None:
-    assert set(load_schedules()) == set(BEFORE["schedules"])
+    assert set(load_schedules()) == set(BEFORE["schedules"]) | set(NEW)
     for name, values in BEFORE["schedules"].items():
-        assert resolve_settings(name).to_dict() == values, name
+        assert resolve_settings(name).to_dict() == values | CHANGED.get(name, {}), name
+    for name, (base, changes) in NEW.items():
+        assert resolve_settings(name).to_dict() == resolve_settings(base).to_dict() | changes, name
 
 
 def test_every_planned_run_keeps_its_settings() -> None:
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     plan = build_plan(config, check_paths=False)
-    now = {
-        f"{name}/{run.model}/seed{run.seed}": digest(run.settings)
-        for name, runs in plan.experiments.items()
-        for run in runs
-    }
-    assert now == BEFORE["runs"]
+    runs = {f"{name}/{run.model}/seed{run.seed}": run for name, runs in plan.experiments.items() for run in runs}
+    now = {key: digest(run.settings) for key, run in runs.items()}
+    kept = {key: value for key, value in BEFORE["runs"].items() if key not in CHANGED_RUNS}
+    assert {key: now[key] for key in kept} == kept
+    for key, schedule in CHANGED_RUNS.items():
+        assert runs[key].settings == resolve_settings(schedule) and now[key] != BEFORE["runs"][key]
+    assert {key.split("/")[0] for key in set(now) - set(BEFORE["runs"])} == set(NEW_EXPERIMENTS)
 
 
 def test_train_settings_defaults_are_the_papers_schedule_as_written_once() -> None:
@@ -63,6 +76,7 @@ def test_a_stage_tracks_the_schedules_its_schedule_extends() -> None:
     assert schedule_keys("cifar_short") == ["cifar_short", "cifar_paper"]
     assert schedule_keys("cifar_paper_warmup") == ["cifar_paper_warmup", "cifar_paper"]
     assert schedule_keys("review_fc") == ["review_fc", "review_cifar"]
+    assert schedule_keys("review_fc_noaug") == ["review_fc_noaug", "review_fc", "review_cifar"]
     assert schedule_keys("cifar_paper") == ["cifar_paper"]
     assert schedule_keys("only_in_config") == ["only_in_config"]
 

@@ -137,7 +137,7 @@ def test_editing_a_module_makes_exactly_the_stages_that_run_it_stale(stages: dic
 
 def test_what_the_issue_names_leaves_cifar_training_and_evaluation_alone(stages: dict[str, dict]) -> None:
     cifar = {name for name in stages if kind(name) in {"train", "evaluate"}}
-    assert len(cifar) == 2 * 34  # the shipped config's 34 CIFAR and digits runs
+    assert len(cifar) == 2 * len({name for name in stages if kind(name) == "train"}) > 0  # CIFAR and digits runs
     untouched = [
         "imagenet", "distributed", "launch", "evaluate_imagenet", "fetch", "extract", "archives", "prepare", "gpu",
         "render.tables", "render.claims", "render.figures", "commands.fetch", "commands.render", "commands.launch",

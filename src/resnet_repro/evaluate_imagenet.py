@@ -80,9 +80,9 @@ def evaluate_imagenet(
         **{key: round(value, 6) for key, value in last_train_row(model_path.parent).items()},
         "parameters": count_parameters(model),
         # 1000x1000 would be megabytes of JSON, mostly zeros: kept only for small class counts.
-        # Sample sizes behind the errors: the verdict's binomial noise of a single run (10-crop: one per image).
+        # The validation images the errors rest on: the verdict's binomial noise of a single run. No train_images:
+        # ImageNet's training error is a running error over an interval of the stream, not one fixed set.
         "test_images": len(truth),
-        "train_images": len(index.train),
         **({"confusion_matrix": confusion.tolist()} if len(classes) <= 100 else {}),
         "provenance": {
             **provenance(saved, runtime),

@@ -191,7 +191,7 @@ def build_plan(config: dict, check_paths: bool = True, check_data: bool | None =
             except ConfigError as error:
                 raise ConfigError(f"config: {model_where}: {error}") from None
             for seed in entry.get("seeds", experiment.get("seeds", [0])):
-                run = RunSpec(dataset, model, seed, settings, distributed)
+                run = RunSpec(dataset, model, seed, settings, distributed, schedule)
                 existing = plan.runs.get(run.key)
                 if existing is None:
                     plan.runs[run.key], plan.origin[run.key] = run, name

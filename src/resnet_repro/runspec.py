@@ -37,6 +37,7 @@ class RunSpec:
     seed: int
     settings: TrainSettings
     distributed: DistributedOptions | None = None  # the data-parallel layout (ImageNet runs)
+    schedule: str | None = None  # the named schedule its settings start from (for the reader; not a result key)
 
     @property
     def key(self) -> str:
@@ -106,6 +107,8 @@ class RunSpec:
         }
         if self.distributed is not None:
             values["distributed"] = self.distributed.to_dict()
+        if self.schedule is not None:
+            values["schedule"] = self.schedule
         return values
 
     def to_json(self) -> str:
@@ -128,7 +131,8 @@ class RunSpec:
         except TypeError as error:
             raise ConfigError(f"{where}: distributed: {error}") from None
         settings = TrainSettings.from_dict(values["settings"], where=f"{where}: settings")
-        return cls(str(values["dataset"]), str(values["model"]), values["seed"], settings, options)
+        schedule = values.get("schedule")
+        return cls(str(values["dataset"]), str(values["model"]), values["seed"], settings, options, schedule)
 
 
 def read_spec(path: Path | str) -> RunSpec:

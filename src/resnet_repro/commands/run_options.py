@@ -55,7 +55,8 @@ def run_spec(args: argparse.Namespace, dataset: str, distributed: DistributedOpt
         raise ConfigError("name the run: --settings FILE (from `resnet-repro plan`) or --model NAME")
     else:
         settings = resolve_settings(args.schedule or args.default_schedule, parse_overrides(args.set))
-        spec = RunSpec(dataset, args.model, args.seed or 0, settings, distributed)
+        schedule = args.schedule or args.default_schedule
+        spec = RunSpec(dataset, args.model, args.seed or 0, settings, distributed, schedule)
     check_model(spec.model)
     return spec
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..paths import table_files
 from ..runfiles import atomic_write_bytes
-from .claims import NOT_REPRODUCED, NOT_RUN, REPRODUCED, WITHIN_NOISE
+from .claims import NOT_REPRODUCED, NOT_RUN, REPRODUCED, UNDETERMINED, WITHIN_NOISE
 
 DASH = "\u2013"  # en dash: an empty cell, a range
 
@@ -119,7 +119,13 @@ def table_latex(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-VERDICT_COLORS = {REPRODUCED: "#1a7f37", WITHIN_NOISE: "#9a6700", NOT_REPRODUCED: "#c62828", NOT_RUN: "#6e7781"}
+VERDICT_COLORS = {
+    REPRODUCED: "#1a7f37",
+    WITHIN_NOISE: "#9a6700",
+    NOT_REPRODUCED: "#c62828",
+    UNDETERMINED: "#8250df",
+    NOT_RUN: "#6e7781",
+}
 
 
 def table_html(table: Table) -> str:

@@ -41,4 +41,5 @@ def render_summary(
     verdicts: list[Verdict] = []
     for experiment in experiments if experiments is not None else summary_experiments(plan):
         verdicts += judge_experiment(plan, collect(plan, experiment, root), refs)
-    return write_table(verdict_table(verdicts, title="Reproduction verdict: every claim"), out_dir)
+    holm = refs["tolerances"]["holm"]
+    return write_table(verdict_table(verdicts, holm, title="Reproduction verdict: every claim"), out_dir)
