@@ -198,17 +198,21 @@ def test_compiled_cpu_runs_are_bitwise_reproducible(digits_dir: Path, tmp_path: 
 # The trainer core as it stood before it was restructured into runtime/world/progress/state/core modules. The
 # restructuring must not change a bit of what a run computes: the same run through both gives the same weights,
 # BN statistics and learning curves.
+# Since then it was restructured again (the run core split into step, checkpoint and model-file parts, one RunSpec
+# per run): the trainer as it stood before that, too.
 PREVIOUS_TRAINER = "cf5a823281c79632c597fc0a5e905da5abd4ec19"
+BEFORE_RUNSPEC = "22c5be6"
+PREVIOUS_TRAINERS = [PREVIOUS_TRAINER, BEFORE_RUNSPEC]
 
 
-def _previous_source(tmp_path: Path) -> Path:
-    """The previous trainer's src/ (from git), or skip where the history is not there (a shallow clone)."""
+def _previous_source(tmp_path: Path, revision: str = PREVIOUS_TRAINER) -> Path:
+    """A previous trainer's src/ (from git), or skip where the history is not there (a shallow clone)."""
     commit = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet", f"{PREVIOUS_TRAINER}^{{commit}}"],
+        ["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}"],
         capture_output=True, text=True,
     )  # fmt: skip
     if commit.returncode != 0:
-        pytest.skip(f"commit {PREVIOUS_TRAINER[:7]} is not in this clone's history (shallow clone?)")
+        pytest.skip(f"commit {revision[:7]} is not in this clone's history (shallow clone?)")
     archive = subprocess.run(
         ["git", "-C", str(REPO), "archive", commit.stdout.strip(), "src"], capture_output=True, check=True
     )
@@ -218,8 +222,11 @@ def _previous_source(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_the_restructured_trainer_computes_what_the_previous_one_did(digits_dir: Path, tmp_path: Path) -> None:
-    previous_src = _previous_source(tmp_path / "previous")
+@pytest.mark.parametrize("revision", PREVIOUS_TRAINERS)
+def test_the_restructured_trainer_computes_what_the_previous_one_did(
+    digits_dir: Path, tmp_path: Path, revision: str
+) -> None:
+    previous_src = _previous_source(tmp_path / "previous", revision)
     args = ["train", "--model", "resnet8", "--schedule", "demo", "--set", "iterations=90", "--set", "eval_every=30",
             "--set", "check_every=10", "--data", str(digits_dir)]  # fmt: skip
     run_cli(*args, "--out", str(tmp_path / "now"))
@@ -321,11 +328,12 @@ def test_a_resumed_optimizer_runs_as_this_runtime_says(digits_dir: Path, tmp_pat
     assert optimizer.param_groups[0]["momentum"] == 0.9  # the hyper-parameters do come from the file
 
 
-def test_checkpoints_of_the_previous_trainer_resume(digits_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("revision", PREVIOUS_TRAINERS)
+def test_checkpoints_of_the_previous_trainer_resume(digits_dir: Path, tmp_path: Path, revision: str) -> None:
     """Decided: checkpoints keep their plain layout, so one written by the previous trainer (stopped by SIGTERM)
     resumes here to the uninterrupted run's weights; one older still (no wall time, RNG or world size) is refused
     with one line."""
-    previous_src = _previous_source(tmp_path / "previous")
+    previous_src = _previous_source(tmp_path / "previous", revision)
     args = [*SHORT, "--set", "check_every=10", "--set", "checkpoint_every=10", "--data", str(digits_dir)]
     run_cli("train", *args, "--out", str(tmp_path / "uninterrupted"))
     out = tmp_path / "interrupted"
