@@ -3,6 +3,7 @@ falling back to eager with the provenance saying so."""
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import signal
@@ -428,3 +429,34 @@ def test_the_gpu_bf16_choice_follows_its_compute_capability() -> None:
     capability = torch.cuda.get_device_capability(0)
     runtime = choose_runtime(resolve_settings("cifar_paper", {}), torch.device("cuda", 0))
     assert runtime.bf16 == (capability >= (8, 0)), (capability, runtime.note)
+
+
+# ------------------------------------------------------------------------------------------------ the core's shape
+def test_the_core_reads_in_short_pieces() -> None:
+    """core.py: no class over 150 lines, no method or function over 30 (issue 26: the loop read top to bottom)."""
+    tree = ast.parse((REPO / "src/resnet_repro/core.py").read_text())
+    sizes = {
+        node.name: node.end_lineno - node.lineno + 1  # type: ignore[operator]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef | ast.FunctionDef)
+    }
+    classes = {node.name for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
+    assert all(size <= 150 for name, size in sizes.items() if name in classes), sizes
+    assert all(size <= 30 for name, size in sizes.items() if name not in classes), sizes
+
+
+def test_one_type_describes_a_resolved_run() -> None:
+    """runspec.RunSpec is the only class of the package whose fields say what a run trains (model, seed, settings):
+    the planner, both trainers and the command line pass it, no copy of it (results read back for rendering are
+    another thing: render.results.RunResult)."""
+    package = REPO / "src/resnet_repro"
+    describing = []
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                fields = {
+                    s.target.id for s in node.body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)
+                }
+                if {"seed", "settings"} <= fields and fields & {"model", "model_name"}:
+                    describing.append(f"{path.relative_to(package)}:{node.name}")
+    assert describing == ["runspec.py:RunSpec"]
