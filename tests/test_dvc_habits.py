@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_pipeline import TINY_CONFIG, dvc_stages_run, make_workspace, planned_jobs, sh, snakemake
+from test_pipeline import TINY_CONFIG, committed_run, dvc_stages_run, planned_jobs, sh, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -24,11 +24,7 @@ RENDERING = {"render_tiny": 1, "render_summary": 1, "all": 1}
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace after `snakemake all`, its results committed."""
-    workspace = make_workspace(tmp_path_factory.mktemp("habits") / "ws", CONFIG)
-    snakemake(workspace, "all")
-    sh("git", "add", "-A", cwd=workspace)
-    sh("git", "commit", "-qm", "results", cwd=workspace)
-    return workspace
+    return committed_run(tmp_path_factory.mktemp("habits") / "ws", CONFIG)
 
 
 @pytest.fixture

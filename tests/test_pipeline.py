@@ -77,6 +77,15 @@ def make_workspace(path: Path, config: dict = TINY_CONFIG) -> Path:
     return path
 
 
+def committed_run(path: Path, config: dict = TINY_CONFIG) -> Path:
+    """A workspace after `snakemake all`, its results committed."""
+    workspace = make_workspace(path, config)
+    snakemake(workspace, "all")
+    sh("git", "add", "-A", cwd=workspace)
+    sh("git", "commit", "-qm", "results", cwd=workspace)
+    return workspace
+
+
 def snakemake(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return sh("snakemake", *args, "--cores", "2", cwd=cwd, check=check)
 

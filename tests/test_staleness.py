@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_pipeline import TINY_CONFIG, make_workspace, planned_jobs, sh, snakemake
+from test_pipeline import committed_run, planned_jobs, sh
 
 from resnet_repro.plan import build_plan, load_config
 from resnet_repro.sources import module_file, package_modules, repo_path
@@ -154,11 +154,7 @@ def test_what_the_issue_names_leaves_cifar_training_and_evaluation_alone(stages:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny workspace after `snakemake all`, its results committed."""
-    workspace = make_workspace(tmp_path_factory.mktemp("stale") / "ws", TINY_CONFIG)
-    snakemake(workspace, "all")
-    sh("git", "add", "-A", cwd=workspace)
-    sh("git", "commit", "-qm", "results", cwd=workspace)
-    return workspace
+    return committed_run(tmp_path_factory.mktemp("stale") / "ws")
 
 
 def edited(workspace: Path, module: str) -> Path:

@@ -124,7 +124,7 @@ def interrupted(iteration: int, stop_local: int | None, path: Path) -> Interrupt
 
 
 class TrainingRun:
-    """One run of `spec` in this process, on data `data`, into the folder `out`."""
+    """One run of `spec` in this process, on data `data`, into the folder `out`; made, it has resumed its checkpoint."""
 
     def __init__(
         self,
