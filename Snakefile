@@ -40,14 +40,6 @@ except ReproError as error:
     raise SystemExit(f"error: {error}")
 
 
-# Before the first job (not in a dry run, nor when nothing is to be done): DVC records that plan, by its own `plan`
-# stage (the same step, which reruns only when config.yaml's runs or the planning code changed). Not a job: a job
-# upstream of every training job would rerun them all whenever it reran. Not beside the jobs either: DVC locks the
-# settings files while that stage runs.
-onstart:
-    shell(f"mkdir -p logs && dvc --wait-for-lock repro --single-item {stages.PLAN_STAGE} > logs/plan.log 2>&1")
-
-
 # With `--sdm apptainer` every step runs in its pinned image (containers/); without it, natively.
 TRAIN_IMAGE = stages.container_image("train")
 RENDER_IMAGE = stages.container_image("render")
@@ -56,15 +48,25 @@ RENDER_IMAGE = stages.container_image("render")
 container: TRAIN_IMAGE
 
 
+# What each aggregate target renders; after all of it, DVC records the plan (the plan rule, train.smk).
+FINAL = {
+    "all": final_targets(PLAN, PLAN.default_experiments),
+    "demo": final_targets(PLAN, ["demo"], summary=False),
+}
+PLAN_RECORDED = "logs/plan/{target}.done"
+
+
 rule all:
     default_target: True
     input:
-        final_targets(PLAN, PLAN.default_experiments),
+        FINAL["all"],
+        PLAN_RECORDED.format(target="all"),
 
 
 rule demo:
     input:
-        final_targets(PLAN, ["demo"], summary=False),
+        FINAL["demo"],
+        PLAN_RECORDED.format(target="demo"),
 
 
 include: "workflow/rules/common.smk"

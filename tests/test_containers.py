@@ -342,6 +342,7 @@ def test_build_stops_first_without_disk_space(built_images, tmp_path):
 # RENDER_IMAGE for the render and summary rules).
 STAGE_IMAGE = {
     "prepare": "train",
+    "plan": "train",
     "train": "train",
     "evaluate": "train",
     "responses": "train",

@@ -518,7 +518,7 @@ def test_imagenet_experiment_runs_through_the_pipeline_and_renders(tiny_imagenet
     snakemake(workspace, "all")
     folder = workspace / "results/imagenet/resnet18/seed0"
     files = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
-    assert files == ["details.json", "epochs.csv", "history.csv", "metrics.json", "model.pt"]
+    assert files == ["details.json", "epochs.csv", "history.csv", "metrics.json", "model.pt", "settings.json"]
     metrics = json.loads((folder / "metrics.json").read_text()) | json.loads((folder / "details.json").read_text())
     assert metrics["split"] == "val" and metrics["testing"].startswith("10-crop")
     assert 0 <= metrics["test_error"] <= 1 and 0 <= metrics["single_crop_error"] <= 1

@@ -195,7 +195,7 @@ def test_editing_rendering_or_imagenet_code_plans_no_training_or_evaluation(fini
     assert not {"train", "evaluate", "responses"} & set(jobs), jobs
     assert not {name for name in status if kind(name) in RUNS_MODELS}, status
     if module == "resnet_repro.render.tables":
-        assert jobs == {"render_tiny": 1, "render_summary": 1, "all": 1}
+        assert jobs == {"render_tiny": 1, "render_summary": 1, "plan": 1, "all": 1}
         assert status == {"render-tiny", "summary"}
     if module == "resnet_repro.imagenet":  # its layout checks run when planning: the cheap plan stage, nothing more
         assert status == {"plan", "render-tiny", "summary"}
@@ -212,4 +212,5 @@ def test_editing_the_training_step_reruns_the_training_and_what_reads_it(finishe
     finally:
         revert(finished)
     assert status == {"train-digits-plain8-seed0", "train-digits-resnet8-seed0"}
-    assert jobs == {"train": 2, "evaluate": 2, "responses": 2, "render_tiny": 1, "render_summary": 1, "all": 1}
+    rendering = {"render_tiny": 1, "render_summary": 1, "plan": 1, "all": 1}
+    assert jobs == {"train": 2, "evaluate": 2, "responses": 2, **rendering}

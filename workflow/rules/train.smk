@@ -1,7 +1,32 @@
 # Training and evaluation: one job per run (dataset, model, seed). Each takes one GPU (or, with gpu_runs_per_device,
-# one slot of a shared GPU); the job picks a free GPU slot itself (see resnet_repro.gpu).
+# one slot of a shared GPU); the job picks a free GPU slot itself (see resnet_repro.gpu). And DVC's record of the
+# plan the Snakefile wrote.
 
 from resnet_repro import paths, sources
+
+
+# DVC's `plan` stage (the step the Snakefile takes as it parses: each run's settings.json, rewritten only where it
+# changed), so that DVC records it too: after every job of the target, not before. DVC locks the settings files
+# while the stage runs, and the training stages read them; and a job upstream of every training would rerun them
+# all whenever it reran (or, its output marked ancient, hide their own reasons to rerun: Snakemake masks the jobs
+# below one that must run).
+rule plan:
+    input:
+        lambda w: FINAL[w.target],
+        "config.yaml",
+        stages.REPO_SCHEDULES,
+        code=sources.subcommand_files("plan"),
+    output:
+        touch(PLAN_RECORDED),
+    log:
+        "logs/plan/{target}.log",
+    wildcard_constraints:
+        target="|".join(FINAL),
+    localrule: True
+    params:
+        stage=stages.PLAN_STAGE,
+    shell:
+        "dvc --wait-for-lock repro --single-item {params.stage} > {log} 2>&1"
 
 
 wildcard_constraints:
