@@ -48,12 +48,14 @@ RENDER_IMAGE = stages.container_image("render")
 container: TRAIN_IMAGE
 
 
-# What each aggregate target renders; after all of it, DVC records the plan (the plan rule, train.smk).
+# What each aggregate target renders; after all of it, DVC records the plan (the plan rule, train.smk), and the
+# flag says so. Committed with the results (a clone's plan is DVC's, in dvc.lock), so `--touch` after a pull
+# marks it current like them.
 FINAL = {
     "all": final_targets(PLAN, PLAN.default_experiments),
     "demo": final_targets(PLAN, ["demo"], summary=False),
 }
-PLAN_RECORDED = "logs/plan/{target}.done"
+PLAN_RECORDED = "results/plan/{target}.done"
 
 
 rule all:

@@ -175,7 +175,14 @@ def test_dvc_front_end_builds_and_snakemake_accepts_it(tmp_path: Path) -> None:
     repro = sh("dvc", "repro", cwd=workspace).stdout
     assert "train-digits-resnet8-seed0" in dvc_stages_run(repro)
     assert sh("dvc", "repro", cwd=workspace).stdout.count("Running stage") == 0
+    # Nothing to compute: only Snakemake's flag that DVC recorded the plan is missing (its one cheap job, which finds
+    # the plan stage done), then nothing at all.
+    assert planned_jobs(workspace) == {"plan": 1, "all": 1}
+    plan_log = snakemake(workspace, "all")
+    assert (workspace / "results/plan/all.done").exists(), plan_log.stderr[-2000:]
+    assert "Stage 'plan' didn't change, skipping" in (workspace / "logs/plan/all.log").read_text()
     assert planned_jobs(workspace) == {}
+    assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=workspace).stdout
 
 
 def test_push_clone_pull_needs_nothing(built: Path, tmp_path: Path) -> None:
