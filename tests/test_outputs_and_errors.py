@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -26,6 +27,8 @@ from conftest import BIN, REPO, cli_env, kill_at_teardown, make_cifar_archive, m
 
 from resnet_repro.cli import BUG_REPORT
 from resnet_repro.plan import SCHEMA_PATH
+from resnet_repro.runspec import RunSpec
+from resnet_repro.settings import resolve_settings
 
 UMASKS = [0o022, 0o002]
 
@@ -233,6 +236,20 @@ def _bad_config(tmp_path: Path) -> Path:
     return path
 
 
+def _written(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "settings.json"
+    path.write_text(text)
+    return path
+
+
+def _settings_with(tmp_path: Path, **settings: object) -> Path:
+    """A run's settings.json as `resnet-repro plan` writes it, with `settings` changed."""
+    spec = RunSpec("digits", "resnet8", 0, resolve_settings("demo"))
+    values = spec.to_dict()
+    values["settings"].update(settings)
+    return _written(tmp_path, json.dumps(values))
+
+
 @pytest.mark.parametrize(
     ("case", "message"),
     [
@@ -244,6 +261,10 @@ def _bad_config(tmp_path: Path) -> Path:
         ("missing download source", "source file not found"),
         ("missing devkit archive", "cannot read archive"),
         ("missing run", "cannot load checkpoint"),
+        ("missing settings file", "settings file not found"),
+        ("settings file not JSON", "not valid JSON"),
+        ("bad value in a settings file", "settings.json: setting 'lr' must be > 0"),
+        ("a settings file and a model", "--settings names the whole run; drop --model"),
     ],
 )
 def test_user_errors_are_one_line(case: str, message: str, digits_dir: Path, tmp_path: Path) -> None:
@@ -273,6 +294,17 @@ def test_user_errors_are_one_line(case: str, message: str, digits_dir: Path, tmp
             *("--devkit", str(missing / "devkit.tar.gz"), "--images", str(missing), "--out", str(tmp_path / "val")),
         ],
         "missing run": lambda: ["evaluate", "--run", str(missing), "--data", str(digits_dir)],
+        "missing settings file": lambda: ["train", "--settings", str(missing / "settings.json"), *run],
+        "settings file not JSON": lambda: ["train", "--settings", str(_written(tmp_path, "{half")), *run],
+        "bad value in a settings file": lambda: ["train", "--settings", str(_settings_with(tmp_path, lr=-1)), *run],
+        "a settings file and a model": lambda: [
+            "train",
+            "--settings",
+            str(_settings_with(tmp_path)),
+            "--model",
+            "resnet8",
+            *run,
+        ],
     }[case]()
     result = run_with_umask(0o022, *args, check=False)
     assert result.returncode != 0

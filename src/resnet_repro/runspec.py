@@ -9,7 +9,7 @@ params: `dvc params diff` shows the settings a run really had. Torch-free.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -126,11 +126,15 @@ class RunSpec:
         if not isinstance(values["seed"], int) or isinstance(values["seed"], bool):
             raise ConfigError(f"{where}: seed must be an integer (got {values['seed']!r})")
         distributed = values.get("distributed")
+        if distributed is not None:
+            known = {f.name for f in fields(DistributedOptions)}
+            if not isinstance(distributed, dict) or set(distributed) - known:
+                raise ConfigError(f"{where}: distributed takes {', '.join(sorted(known))} (got {distributed!r})")
+        options = None if distributed is None else DistributedOptions(**distributed)
         try:
-            options = None if distributed is None else DistributedOptions(**distributed)
-        except TypeError as error:
-            raise ConfigError(f"{where}: distributed: {error}") from None
-        settings = TrainSettings.from_dict(values["settings"], where=f"{where}: settings")
+            settings = TrainSettings.from_dict(values["settings"], where="settings")
+        except ConfigError as error:
+            raise ConfigError(f"{where}: {error}") from None
         schedule = values.get("schedule")
         return cls(str(values["dataset"]), str(values["model"]), values["seed"], settings, options, schedule)
 
