@@ -125,7 +125,7 @@ def job_resources(gpus: int, runs_per_device: int, packable: bool) -> dict[str, 
 
     `gpu` stays whole GPUs (what `--resources gpu=N` and SLURM's --gpus count); packing adds the integer resource
     `gpu_slots`, in units of one slot (1/runs_per_device GPU), bounded by gpu x runs_per_device (see
-    snakemake_resources). A packed job asks one slot and no whole GPU; a whole-GPU job asks its GPUs in both units,
+    setup_snakemake). A packed job asks one slot and no whole GPU; a whole-GPU job asks its GPUs in both units,
     so packed and whole jobs together never exceed the GPUs given. None: Snakemake drops the key."""
     if runs_per_device == 1 or gpus == 0:
         return {"gpu": gpus, SLOTS_RESOURCE: None}
