@@ -19,7 +19,6 @@ from resnet_repro.settings import (
     TrainSettings,
     load_schedules,
     resolve_settings,
-    schedule_keys,
 )
 
 BEFORE = json.loads((Path(__file__).parent / "settings_at_cf5a823.json").read_text())
@@ -72,13 +71,16 @@ def test_train_settings_defaults_are_the_papers_schedule_as_written_once() -> No
     assert written["cifar_paper_warmup"] == {"base": "cifar_paper", "warmup": {"lr": 0.01, "until_train_error": 0.8}}
 
 
-def test_a_stage_tracks_the_schedules_its_schedule_extends() -> None:
-    assert schedule_keys("cifar_short") == ["cifar_short", "cifar_paper"]
-    assert schedule_keys("cifar_paper_warmup") == ["cifar_paper_warmup", "cifar_paper"]
-    assert schedule_keys("review_fc") == ["review_fc", "review_cifar"]
-    assert schedule_keys("review_fc_noaug") == ["review_fc_noaug", "review_fc", "review_cifar"]
-    assert schedule_keys("cifar_paper") == ["cifar_paper"]
-    assert schedule_keys("only_in_config") == ["only_in_config"]
+def test_the_plan_stage_tracks_every_schedule_and_the_trainings_their_resolved_values() -> None:
+    """A schedule's values reach DVC twice: the plan stage tracks all of schedules.yaml and config.yaml's schedules
+    (so a changed base reruns it), and each training stage the values its settings.json resolved them to."""
+    from resnet_repro.stages import REPO_SCHEDULES, dvc_stages
+
+    plan = build_plan(yaml.safe_load((REPO / "config.yaml").read_text()), check_paths=False)
+    stages = dvc_stages(plan)
+    assert stages["plan"]["params"] == [{"config.yaml": ["experiments", "schedules"]}, {REPO_SCHEDULES: None}]
+    run = plan.run("cifar10_jpeg", "resnet20", 0)
+    assert stages[f"train-{run.key}"]["params"] == [{run.settings_file: ["dataset", "model", "seed", "settings"]}]
 
 
 def test_bases_chain_and_scale_exactly() -> None:

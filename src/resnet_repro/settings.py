@@ -190,13 +190,6 @@ def _base_chain(name: str, schedules: dict[str, dict]) -> list[str]:
     return chain
 
 
-def schedule_keys(name: str) -> list[str]:
-    """The keys of the package's schedules.yaml whose values make up schedule `name` (itself, and the schedules it
-    extends): what a DVC stage tracks as its params."""
-    schedules = _package_schedules()
-    return _base_chain(name, schedules) if name in schedules else [name]
-
-
 def _resolve_base(name: str, schedules: dict[str, dict]) -> dict:
     """`{base: S, scale: k, ...}`: schedule S (resolved first), its iterations and milestones divided by k
     (exactly) where `scale` is given, then the entry's own values. A variant states only what it changes, and one
