@@ -322,6 +322,7 @@ REGISTRY: dict[str, Experiment] = {
     ),
     # The review's experiments in the paper's regime (augmented) and, as review_*, in the review's own.
     "fc_vs_resnet": fc_experiment("paper"),
+    "cifar10_fc": fc_experiment("paper"),  # fc_vs_resnet's FC nets alone, 3 seeds: part of the results of record
     "review_fc_vs_resnet": fc_experiment("review"),
     "cifar100": cifar100_experiment("paper"),
     "review_cifar100": cifar100_experiment("review"),
