@@ -1003,8 +1003,9 @@ def test_html_report_contains_every_flagged_file(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     page = (tmp_path / "report.html").read_text()
     items = report_items(plan) + summary_report_items()
-    # + the short experiment: fig6, fig7, results, runs, verdict; + the review's two in its own regime: 3 each
-    assert len(items) == 4 + 4 + 3 + 3 + 3 + 5 + 1 + 3 + 3
+    # + the short experiment: fig6, fig7, results, runs, verdict; + the review's two in its own regime: 3 each;
+    # + the record's FC nets (cifar10_fc): curves, table, verdict
+    assert len(items) == 4 + 4 + 3 + 3 + 3 + 5 + 3 + 1 + 3 + 3
     for item in items:
         assert item.path in page, item.path
     assert "Reproduction of" in page  # workflow.rst

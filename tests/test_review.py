@@ -96,9 +96,11 @@ def test_fc_nets_train_in_fp32_on_a_bf16_machine(
         evaluate(model_file, digits_dir, out / "metrics.json", "cpu")
         recorded[f"{name} evaluation"] = json.loads((out / "details.json").read_text())["provenance"]
     assert recorded["auto"]["precision"] == "bf16"  # the simulated machine does have fast bf16
+    assert recorded["auto evaluation"]["train_precision"] == "bf16"
+    assert recorded["auto evaluation"]["train_processor"] == runtime.processor_name(torch.device("cpu"))
     for name in ("fc_vs_resnet", "review_fc_vs_resnet"):
         assert recorded[name]["precision"] == "fp32" and recorded[name]["note"].startswith("fp32 (requested)")
         provenance = recorded[f"{name} evaluation"]
-        assert provenance["train_runtime"].startswith("fp32 (requested)")
+        assert provenance["train_runtime"].startswith("fp32 (requested)") and provenance["train_precision"] == "fp32"
         assert provenance["eval_runtime"].startswith("fp32 (as trained)")
         assert provenance["settings"]["precision"] == "fp32"

@@ -293,6 +293,22 @@ def test_bf16_only_where_the_device_runs_it_natively() -> None:
     assert forced.bf16  # asked for: kept
 
 
+def test_the_processor_is_named_with_its_vector_and_bf16_units(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Provenance names the CPU a run trained on: its model, the widest instructions torch uses there, and its
+    native bf16 units (simulated here: this machine may have none), which decide `precision: auto`."""
+    cpu = torch.device("cpu")
+    model = next(
+        line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line
+    )
+    capability = torch.backends.cpu.get_cpu_capability()
+    for amx, avx512_bf16, units in ((False, False, ""), (True, False, ", AMX"), (True, True, ", AMX, AVX512-BF16")):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda bf16=avx512_bf16: bf16, raising=False)
+        assert runtime_module.processor_name(cpu) == f"{model} ({capability}{units})"
+        assert runtime_module.cpu_has_fast_bf16() is (amx or avx512_bf16)
+    assert choose_runtime(resolve_settings("cifar_paper", {}), cpu).record()["processor"].startswith(model)
+
+
 def test_fp32_on_cuda_turns_tf32_off() -> None:
     """The provenance's "fp32" is true: cuDNN convolutions and matmuls in IEEE fp32, TF32 only for bf16 runs.
     (The switches are process-wide flags, settable without a GPU.)"""

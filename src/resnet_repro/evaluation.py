@@ -68,6 +68,8 @@ def provenance(saved: dict, runtime: Runtime) -> dict[str, Any]:
         "python_version": platform.python_version(),
         "train_device": saved["runtime"]["device"],
         "train_runtime": saved["runtime"]["note"],
+        "train_processor": saved["runtime"].get("processor"),  # absent from model files written before it was kept
+        "train_precision": saved["runtime"]["precision"],
         "eval_device": str(runtime.device),
         "eval_runtime": runtime.note,
         "seed": saved["seed"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import platform
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,8 @@ COMPILE_MIN_ITERATIONS = {"cuda": CUDA_COMPILE_MIN_ITERATIONS, "cpu": CPU_COMPIL
 GUARDED_STEPS = {"cudagraphs": 3, "other": 1}
 # bf16 runs natively (tensor cores) from compute capability 8.0 (Ampere) on; older GPUs emulate it, slower than fp32.
 CUDA_NATIVE_BF16 = (8, 0)
+# A CPU's native bf16 units, by torch's check for each.
+BF16_UNITS = {"AMX": "_is_amx_tile_supported", "AVX512-BF16": "_is_avx512_bf16_supported"}
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class Runtime:
             "compile_mode": self.compile_mode if self.compile else None,
             "compile_fallback": self.compile_fallback,
             "fused_sgd": self.fused_sgd,
+            "processor": processor_name(self.device),
         }
 
 
@@ -104,10 +108,27 @@ def mode_uses_cudagraphs(mode: str) -> bool:
         return False
 
 
+def processor_name(device: torch.device) -> str:
+    """The processor `device` is, for provenance: a GPU's name, or the CPU's model with the widest vector
+    instructions torch uses on it and its bf16 units (a run's speed, and its precision under `auto`, depend on both)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type != "cpu":
+        return device.type
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
+    except OSError:
+        pass  # not Linux: platform's name
+    units = [torch.backends.cpu.get_cpu_capability()]
+    units += [unit for unit, check in BF16_UNITS.items() if getattr(torch.cpu, check, lambda: False)()]
+    return f"{model} ({', '.join(units)})"
+
+
 def cpu_has_fast_bf16() -> bool:
     """AMX or AVX512-BF16: bf16 convolutions are then about twice as fast as fp32 on CPU."""
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return any(getattr(torch.cpu, check, lambda: False)() for check in BF16_UNITS.values())
 
 
 def has_fast_bf16(device: torch.device, cuda_capability: tuple[int, int] | None = None) -> bool:

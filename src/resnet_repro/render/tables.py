@@ -161,7 +161,8 @@ def _iterations(results: ExperimentResults) -> int:
 
 
 def runs_table(results: ExperimentResults) -> Table:
-    """Provenance of every run: code commit, torch, device and runtime, threads, and wall time (training)."""
+    """Provenance of every run: code commit, torch, device, processor and runtime, threads, and wall time
+    (training)."""
     records = []
     for group in results.models.values():
         for run in sorted(group.runs, key=lambda r: r.seed):
@@ -179,6 +180,7 @@ def runs_table(results: ExperimentResults) -> Table:
                     "images_per_s": rounded(history["images_per_s"][-1], 1) if history.get("images_per_s") else None,
                     "threads": int(threads) if threads is not None else None,
                     "device": prov.get("train_device"),
+                    "processor": prov.get("train_processor"),
                     "runtime": prov.get("train_runtime"),
                     "torch": prov.get("torch_version"),
                     "commit": (prov.get("git_commit") or "")[:12] or None,
@@ -188,7 +190,19 @@ def runs_table(results: ExperimentResults) -> Table:
     return Table(
         "runs",
         f"{results.name}: provenance and training wall time per run (total {total:.1f} min)",
-        ["model", "seed", "iterations", "wall_min", "images_per_s", "threads", "device", "runtime", "torch", "commit"],
+        [
+            "model",
+            "seed",
+            "iterations",
+            "wall_min",
+            "images_per_s",
+            "threads",
+            "device",
+            "processor",
+            "runtime",
+            "torch",
+            "commit",
+        ],
         [
             Column("Model", lambda r: r["label"], "l"),
             Column("Seed", lambda r: str(r["seed"])),
@@ -197,6 +211,7 @@ def runs_table(results: ExperimentResults) -> Table:
             Column("img/s (last interval)", lambda r: fmt(r["images_per_s"], 0)),
             Column("Threads", lambda r: fmt(r["threads"], 0)),
             Column("Device", lambda r: r["device"] or DASH, "l"),
+            Column("Processor", lambda r: r["processor"] or DASH, "l"),
             Column("Runtime", lambda r: r["runtime"] or DASH, "l"),
             Column("torch", lambda r: r["torch"] or DASH, "l"),
             Column("Commit", lambda r: r["commit"] or DASH, "l"),
