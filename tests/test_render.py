@@ -349,6 +349,7 @@ def test_every_artifact_of_every_experiment_is_written(synthetic) -> None:
     assert names["degradation"] == ["fig1", "results", "verdict"]
     assert names["cifar10_depth"] == ["fig6", "fig7", "table6", "verdict"]
     assert names["fc_vs_resnet"] == names["review_fc_vs_resnet"] == ["fc_curves", "fc_table", "verdict"]
+    assert names["cifar10_fc"] == ["fc_curves", "fc_table", "runs", "verdict"]
     assert names["cifar100"] == names["review_cifar100"] == ["cifar100_curves", "cifar100_table", "verdict"]
     assert names["imagenet"] == ["fig4", "table2", "verdict"]
     assert names["imagenet_table3"] == ["table3_curves", "table3", "verdict"]
@@ -417,6 +418,19 @@ def test_fc_table_numbers_equal_the_json_and_the_review(synthetic) -> None:
     assert regimes["review"]["note"] in review_md and regimes["paper"]["note"] not in review_md
     cifar100 = (root / "results/review_cifar100/tables/cifar100_table.md").read_text()
     assert regimes["review"]["label"] in cifar100 and regimes["review"]["label"] not in md
+    # The record's FC-only experiment: its two nets (mean over its seeds) beside the review's rows for them alone.
+    record = read_csv(root / "results/cifar10_fc/tables/fc_table.csv")
+    assert [(r["model"], r["source"]) for r in record] == [
+        (model, source) for model in ("fc20", "fc56") for source in ("ours", "review")
+    ]
+    for model in ("fc20", "fc56"):
+        runs = [metrics[run.folder] for run in plan.experiments["cifar10_fc"] if run.model == model]
+        ours = next(r for r in record if r["model"] == model and r["source"] == "ours")
+        assert int(ours["runs"]) == len(runs) == 3
+        mean = sum(m["top1_accuracy"] for m in runs) / 3
+        assert float(ours["val_accuracy"]) == pytest.approx(mean, abs=1e-6)
+    record_md = (root / "results/cifar10_fc/tables/fc_table.md").read_text()
+    assert "FC-20 / FC-56 on CIFAR-10, ours in" in record_md and "| ResNet-18 |" not in record_md
 
 
 def test_cifar100_and_table2_numbers_equal_the_json(synthetic) -> None:
@@ -449,6 +463,12 @@ def test_results_table_and_summary(synthetic) -> None:
     assert [r["claim"] for r in summary] == [
         r["claim"] for name in plan.default_experiments for r in per_experiment[name]
     ]
+    # The summary is an overview: its CSV keeps every field, its page shows the numbers and verdicts alone.
+    assert summary[0]["evidence"] and summary[0]["tolerance"]
+    header = (root / "results/summary/tables/verdict.md").read_text().split("\n| ", 1)[1].split("\n", 1)[0]
+    assert header.startswith("Experiment | Claim | Margin (points) |") and header.endswith("| Tested at | Verdict |")
+    full = (root / "results/degradation/tables/verdict.md").read_text()
+    assert "| Evidence (our runs) |" in full and "| Rule |" in full
     # The synthetic curves follow the paper, so every claim of the paper's experiments is reproduced...
     for name in ("degradation", "cifar10_depth", *IMAGENET_EXPERIMENTS):
         verdicts = {r["claim"]: r["verdict"] for r in per_experiment[name]}
@@ -1004,8 +1024,8 @@ def test_html_report_contains_every_flagged_file(tmp_path: Path) -> None:
     page = (tmp_path / "report.html").read_text()
     items = report_items(plan) + summary_report_items()
     # + the short experiment: fig6, fig7, results, runs, verdict; + the review's two in its own regime: 3 each;
-    # + the record's FC nets (cifar10_fc): curves, table, verdict
-    assert len(items) == 4 + 4 + 3 + 3 + 3 + 5 + 3 + 1 + 3 + 3
+    # + the record's FC nets (cifar10_fc): curves, table, runs, verdict
+    assert len(items) == 4 + 4 + 3 + 3 + 3 + 5 + 4 + 1 + 3 + 3
     for item in items:
         assert item.path in page, item.path
     assert "Reproduction of" in page  # workflow.rst

@@ -1,32 +1,45 @@
-"""The results of record committed to git (the short CIFAR-10 experiment, README's first section): every table
-agrees with the metrics and histories it came from, the verdict is what the committed runs give, and they render
-again from the committed files alone, without retraining."""
+"""The results of record committed to git (README's first section: the short CIFAR-10 experiment and the review's FC
+nets, 3 seeds each): every committed run is whole and was made by the training and evaluation code of this commit,
+every table agrees with the metrics and histories it came from, the verdicts are what the committed runs give, and
+all of it renders again from the committed files alone, without retraining. The record is made run by run, across
+sessions (issue 29): these tests hold at every step, and one says how far it has come."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import REPO
 
+from resnet_repro.paths import HISTORY_FILE, SUMMARY_DIR
 from resnet_repro.plan import build_plan
-from resnet_repro.render.experiments import SHORT, judge_experiment
+from resnet_repro.render.experiments import FC_RECORD, RECORD, SHORT, judge_experiment
 from resnet_repro.render.outputs import response_runs
 from resnet_repro.render.references import load_references
 from resnet_repro.render.report import render_experiment
 from resnet_repro.render.results import ExperimentResults, collect
+from resnet_repro.runspec import RunSpec
 
-EXPERIMENT = SHORT
-RECORD = REPO / "results" / EXPERIMENT
+# What issue 29 asks the record to hold: these nets, 3 seeds each, on the JPEG copy of CIFAR-10.
+RECORD_MODELS = {SHORT: ("plain20", "plain56", "resnet20", "resnet56"), FC_RECORD: ("fc20", "fc56")}
+RECORD_SCHEDULES = {SHORT: "cifar_short", FC_RECORD: "review_fc"}
+SEEDS = (0, 1, 2)
+# A run's small files, committed once it finished (its weights stay in DVC's cache).
+RUN_FILES = ("metrics.json", "details.json", "history.csv", "epochs.csv")
 
 
 def read_csv(path: Path) -> list[dict]:
     with path.open() as handle:
         return list(csv.DictReader(handle))
+
+
+def folder(experiment: str) -> Path:
+    return REPO / "results" / experiment
 
 
 @pytest.fixture(scope="module")
@@ -36,103 +49,207 @@ def plan():
 
 
 @pytest.fixture(scope="module")
-def results(plan) -> ExperimentResults:
-    return collect(plan, EXPERIMENT, REPO)
+def results(plan) -> dict[str, ExperimentResults]:
+    return {name: collect(plan, name, REPO) for name in RECORD}
 
 
-def test_every_run_of_record_is_committed(plan) -> None:
-    runs = plan.experiments[EXPERIMENT]
-    assert {run.model for run in runs} >= {"plain20", "plain56", "resnet20", "resnet56"}
-    for run in runs:
-        for name in ("metrics.json", "history.csv", "epochs.csv"):
-            assert (REPO / run.folder / name).is_file(), f"{run.folder}/{name} is not committed"
-    seeds = {}
-    for run in runs:
-        seeds.setdefault(run.model, []).append(run.seed)
-    assert all(len(s) >= 2 for s in seeds.values()), seeds  # every claim is decided by several seeds
-    for run in response_runs(plan, EXPERIMENT):
-        assert (REPO / run.responses).is_file()
+def committed_files() -> set[str]:
+    """The files under results/ that git tracks (runs under way in this checkout have files that are not)."""
+    listed = subprocess.run(["git", "ls-files", "results"], cwd=REPO, capture_output=True, text=True, check=True)
+    return set(listed.stdout.split())
+
+
+def committed_runs(plan) -> list[tuple[str, RunSpec]]:
+    """The record's runs that have finished and been committed: those with a metrics.json in git."""
+    tracked = committed_files()
+    return [(name, run) for name in RECORD for run in plan.experiments[name] if run.metrics in tracked]
+
+
+def test_the_record_is_planned_as_issue_29_asks(plan) -> None:
+    assert set(RECORD) <= set(plan.config["all"])  # `snakemake all` makes it
+    for name in RECORD:
+        runs = plan.experiments[name]
+        assert {(r.model, r.seed) for r in runs} == {(m, s) for m in RECORD_MODELS[name] for s in SEEDS}, name
+        assert {(r.dataset, r.schedule) for r in runs} == {("cifar10_jpeg", RECORD_SCHEDULES[name])}, name
+    # the FC nets in fp32, whatever the machine (see schedules.yaml, review_fc)
+    assert {r.settings.precision for r in plan.experiments[FC_RECORD]} == {"fp32"}
+
+
+def test_every_committed_run_is_whole(plan) -> None:
+    """Never a partial run: a run's files are all there or none is, and its history reaches its last iteration."""
+    fig7 = {run.folder for name in RECORD for run in response_runs(plan, name)}
+    tracked = committed_files()
+    for name in RECORD:
+        for run in plan.experiments[name]:
+            expected = [*RUN_FILES, *(["responses.json"] if run.folder in fig7 else [])]
+            present = [f for f in expected if f"{run.folder}/{f}" in tracked]
+            assert present in ([], expected), f"{run.folder}: only {present} of {expected}"
+            if present:
+                history = read_csv(REPO / run.folder / HISTORY_FILE)
+                assert int(history[-1]["iteration"]) == run.settings.iterations, run.folder
+
+
+def stage_code(stages: dict, stage: str) -> list[str]:
+    return [dep for dep in stages[stage]["deps"] if dep.startswith("src/")]
+
+
+def test_each_committed_run_was_made_by_this_commits_stage_code(plan) -> None:
+    """Its provenance names a commit whose training and evaluation code (the stages' code dependencies in dvc.yaml)
+    is this checkout's, byte for byte; and it names the processor, precision and threads it ran with."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for _, run in committed_runs(plan):
+        provenance = json.loads((REPO / run.details).read_text())["provenance"]
+        commit = provenance["git_commit"]
+        known = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=REPO, capture_output=True)
+        assert known.returncode == 0, f"{run.folder}: commit {commit} is not in this clone's history"
+        stem = f"{run.dataset}-{run.model}-seed{run.seed}"
+        code = sorted({*stage_code(stages, f"train-{stem}"), *stage_code(stages, f"evaluate-{stem}")})
+        changed = subprocess.run(
+            ["git", "diff", "--name-only", commit, "--", *code], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.split()
+        assert not changed, f"{run.folder} was made by {commit[:12]}, whose {changed} differ from this checkout's"
+        assert provenance["train_processor"] and provenance["train_precision"] in ("fp32", "bf16"), run.folder
+        assert int(read_csv(REPO / run.folder / HISTORY_FILE)[-1]["threads"]) >= 1
+
+
+def test_dvc_sees_each_committed_run_as_made_by_this_code(plan) -> None:
+    """`dvc status` on a committed run's stages reports, at most, weights or prepared data that are not here (as
+    in a fresh clone): never a changed command, parameter or code file."""
+    stems = [f"{run.dataset}-{run.model}-seed{run.seed}" for _, run in committed_runs(plan)]
+    if not stems:
+        return
+    targets = [f"{kind}-{stem}" for stem in stems for kind in ("train", "evaluate")]
+    result = subprocess.run(
+        ["dvc", "status", "--json", *targets], cwd=REPO, capture_output=True, text=True, timeout=300, check=True
+    )
+    for stage, changes in json.loads(result.stdout or "{}").items():
+        for change in changes:
+            assert isinstance(change, dict), f"{stage}: {change}"  # "changed command" is a bare string
+            for kind, paths in change.items():
+                assert kind in ("changed deps", "changed outs"), f"{stage}: {kind}"
+                for path, state in paths.items():
+                    missing = state in ("deleted", "not in cache")
+                    assert missing and not path.startswith("src/"), f"{stage}: {path} {state}"
+
+
+@pytest.mark.xfail(strict=True, reason="issue 29: the record is made run by run, across sessions, and is incomplete")
+def test_the_record_is_complete(plan) -> None:
+    """Every run issue 29 names is committed. Strict: once the last run is in, this test passes, and the marker
+    must go."""
+    done = {run.folder for _, run in committed_runs(plan)}
+    missing = [run.folder for name in RECORD for run in plan.experiments[name] if run.folder not in done]
+    assert not missing, f"{len(missing)} runs of record still to make: {missing}"
 
 
 def test_results_table_matches_the_metrics(results) -> None:
-    rows = {r["model"]: r for r in read_csv(RECORD / "tables/results.csv")}
-    assert set(rows) == set(results.models)
-    for model, group in results.models.items():
+    rows = {r["model"]: r for r in read_csv(folder(SHORT) / "tables/results.csv")}
+    assert set(rows) == set(results[SHORT].models)
+    for model, group in results[SHORT].models.items():
+        row = rows[model]
+        assert int(row["runs"]) == len(group.runs)
+        assert "error_best" not in row  # a best of seeds only where the paper prints one (Table 6, ResNet-110)
+        if not group.runs:
+            continue
         errors = [100 * run.metrics["test_error"] for run in group.runs]
         mean = math.fsum(errors) / len(errors)
-        std = math.sqrt(math.fsum((e - mean) ** 2 for e in errors) / (len(errors) - 1))
-        row = rows[model]
         assert float(row["error_mean"]) == pytest.approx(mean, abs=1e-6)
-        assert float(row["error_std"]) == pytest.approx(std, abs=1e-6)
-        assert "error_best" not in row  # a best of seeds only where the paper prints one (Table 6, ResNet-110)
+        if len(errors) > 1:
+            std = math.sqrt(math.fsum((e - mean) ** 2 for e in errors) / (len(errors) - 1))
+            assert float(row["error_std"]) == pytest.approx(std, abs=1e-6)
         train = [100 * run.metrics["train_error"] for run in group.runs]
         assert float(row["train_error_mean"]) == pytest.approx(math.fsum(train) / len(train), abs=1e-6)
-        assert int(row["runs"]) == len(group.runs) == len(group.seeds)
         # The metrics agree with the last evaluation in each run's history (the evaluate step scores the saved
         # model again, with its own batches under bf16: a few of the 10,000 images may flip).
         for run in group.runs:
             assert run.history["test_error"][-1] == pytest.approx(run.metrics["test_error"], abs=2e-3)
 
 
-def test_verdict_of_record_is_what_the_runs_give(plan, results) -> None:
-    committed = read_csv(RECORD / "tables/verdict.csv")
-    judged = judge_experiment(plan, results, load_references())
+def test_fc_table_matches_the_metrics(results) -> None:
+    rows = {(r["model"], r["source"]): r for r in read_csv(folder(FC_RECORD) / "tables/fc_table.csv")}
+    refs = {r["model"]: r for r in load_references()["review_fc"]["rows"]}
+    for model, group in results[FC_RECORD].models.items():
+        review = rows[(model, "review")]
+        assert float(review["val_accuracy"]) == refs[model]["val_accuracy"]
+        if not group.runs:
+            assert (model, "ours: not run") in rows
+            continue
+        ours = rows[(model, "ours")]
+        assert int(ours["runs"]) == len(group.runs)
+        accuracy = math.fsum(run.metrics["top1_accuracy"] for run in group.runs) / len(group.runs)
+        assert float(ours["val_accuracy"]) == pytest.approx(accuracy, abs=1e-6)
+        train = math.fsum(1 - run.metrics["train_error"] for run in group.runs) / len(group.runs)
+        assert float(ours["train_accuracy"]) == pytest.approx(train, abs=1e-6)
+
+
+@pytest.mark.parametrize("experiment", RECORD)
+def test_verdict_of_record_is_what_the_runs_give(plan, results, experiment: str) -> None:
+    committed = read_csv(folder(experiment) / "tables/verdict.csv")
+    judged = judge_experiment(plan, results[experiment], load_references())
     assert [r["claim"] for r in committed] == [v.claim for v in judged]
     for row, verdict in zip(committed, judged, strict=True):
         assert row["verdict"] == verdict.verdict, row["claim"]
-        assert float(row["margin"]) == pytest.approx(verdict.margin, abs=1e-4)
-        assert float(row["noise"]) == pytest.approx(verdict.noise, abs=1e-4)
         assert row["seeds"] == verdict.seeds
-        assert float(row["df"]) == pytest.approx(verdict.df, abs=1e-2)
-        assert float(row["critical"]) == pytest.approx(verdict.critical, abs=1e-4)
-        assert float(row["p_value"]) == pytest.approx(verdict.p_value, rel=1e-3)
-        assert float(row["threshold"]) == pytest.approx(verdict.threshold, rel=1e-5)
-    # Degradation holds beyond Welch's noise even on 2 seeds a side (df about 2: t near 4.3, not 2). ResNet-56 over
-    # plain-56 (margin +24 points, seeds 8 points apart) is within that noise on 2 seeds (issue 23).
-    by_claim = {r["claim"]: r for r in committed}
-    row = by_claim["plain-56 has higher training error than plain-20"]
-    assert row["verdict"] == "reproduced" and float(row["margin"]) > float(row["noise"]) > 0, row
-    for row in committed:  # Welch's df lies between min(n) - 1 and n₁ + n₂ - 2: at most 2, so t(0.975) >= 4.30
-        if row["seeds"] == "2 vs 2":
-            assert 1 <= float(row["df"]) <= 2 and float(row["critical"]) >= 4.30, row
-    # Holm over the six claims: the k-th smallest p-value is tested at 0.05 / (7 - k). Test-error degradation
-    # (p about 0.0097, second smallest) passes at 0.05/5 = 0.01 where Bonferroni's 0.05/6 would fail it.
-    by_p = sorted(committed, key=lambda r: float(r["p_value"]))
-    assert [float(r["threshold"]) for r in by_p] == pytest.approx([0.05 / (6 - k) for k in range(6)], rel=1e-5)
-    degradation = by_claim["plain-56 has higher test error than plain-20"]
-    assert by_p[1] is degradation and 0.05 / 6 < float(degradation["p_value"]) <= 0.01
-    assert degradation["verdict"] == "reproduced"
+        for key in ("margin", "noise", "df", "critical", "p_value", "threshold"):
+            value = getattr(verdict, key)
+            if value is None:
+                assert row[key] == "", (row["claim"], key)
+            else:
+                assert float(row[key]) == pytest.approx(value, rel=1e-3, abs=1e-4), (row["claim"], key)
 
 
-def test_provenance_of_every_run(results) -> None:
-    rows = read_csv(RECORD / "tables/runs.csv")
-    assert len(rows) == sum(len(g.runs) for g in results.models.values())
+@pytest.mark.parametrize("experiment", RECORD)
+def test_every_judged_claim_shows_its_df_and_critical_value(experiment: str) -> None:
+    """A claim judged on runs (not "not run") shows the degrees of freedom and the critical value it was tested
+    with; over several seeds a side, Welch's df lies between the fewer seeds less one and all seeds less two."""
+    for row in read_csv(folder(experiment) / "tables/verdict.csv"):
+        if row["verdict"] in ("not run", "undetermined"):
+            continue
+        df, critical = float(row["df"]), float(row["critical"])
+        assert critical > 1.9 and 0 < float(row["threshold"]) <= 0.05, row
+        seeds = [int(n) for n in row["seeds"].split(" vs ")]
+        if min(seeds) > 1:
+            low, high = (min(seeds) - 1, sum(seeds) - 2) if len(seeds) == 2 else (seeds[0] - 1, seeds[0] - 1)
+            assert low - 1e-6 <= df <= high + 1e-6, row
+
+
+@pytest.mark.parametrize("experiment", RECORD)
+def test_provenance_of_every_run(results, experiment: str) -> None:
+    rows = read_csv(folder(experiment) / "tables/runs.csv")
+    group_runs = [(g.model, run) for g in results[experiment].models.values() for run in g.runs]
+    assert len(rows) == len(group_runs)
     by_run = {(r["model"], int(r["seed"])): r for r in rows}
-    for group in results.models.values():
-        for run in group.runs:
-            prov = run.metrics["provenance"]
-            assert len(prov["git_commit"]) == 40 and prov["torch_version"] and prov["train_device"]
-            row = by_run[(group.model, run.seed)]
-            assert float(row["wall_min"]) == pytest.approx(run.history["wall_s"][-1] / 60, abs=0.01)
-            assert int(row["threads"]) == int(run.history["threads"][-1]) >= 1
-            assert row["commit"] == prov["git_commit"][:12]
+    for model, run in group_runs:
+        prov = run.metrics["provenance"]
+        row = by_run[(model, run.seed)]
+        assert float(row["wall_min"]) == pytest.approx(run.history["wall_s"][-1] / 60, abs=0.01)
+        assert int(row["threads"]) == int(run.history["threads"][-1]) >= 1
+        assert row["commit"] == prov["git_commit"][:12] and row["processor"] == prov["train_processor"]
 
 
-def test_results_render_again_from_the_committed_files(plan, tmp_path: Path) -> None:
+@pytest.mark.parametrize("experiment", RECORD)
+def test_results_render_again_from_the_committed_files(plan, tmp_path: Path, experiment: str) -> None:
     """No weights, no data: the figures and tables come back from the committed metrics and histories."""
-    written = render_experiment(plan, EXPERIMENT, tmp_path, REPO)
-    assert {p.name for p in written} == {p.name for p in (RECORD / "tables").iterdir()} | {
-        p.name for p in (RECORD / "figures").iterdir()
+    record = folder(experiment)
+    written = render_experiment(plan, experiment, tmp_path, REPO)
+    assert {p.name for p in written} == {p.name for p in (record / "tables").iterdir()} | {
+        p.name for p in (record / "figures").iterdir()
     }
-    for table in (RECORD / "tables").iterdir():
+    for table in (record / "tables").iterdir():
         assert (tmp_path / "tables" / table.name).read_text() == table.read_text(), table.name
-    details = json.loads((REPO / plan.experiments[EXPERIMENT][0].details).read_text())
-    assert details["test_images"] == 10_000 and details["train_images"] == 50_000
+    for _, run in committed_runs(plan):
+        details = json.loads((REPO / run.details).read_text())
+        assert details["test_images"] == 10_000 and details["train_images"] == 50_000
 
 
-# Where each committed table is shown: the README opens with the results and the verdict, docs/results.md has the
-# per-run times. Each is shown once, so a rerun of the record is resynced in one place per table.
-SHOWN_IN = {"results": "README.md", "verdict": "README.md", "runs": "docs/results.md"}
+# Where each committed table is shown: the README opens with the results and the verdicts of every claim,
+# docs/results.md has the per-run provenance and times. Each is shown once, so a rerun is resynced in one place.
+SHOWN_IN = {
+    f"results/{SHORT}/tables/results.md": "README.md",
+    f"results/{FC_RECORD}/tables/fc_table.md": "README.md",
+    f"{SUMMARY_DIR}/tables/verdict.md": "README.md",
+    f"results/{SHORT}/tables/runs.md": "docs/results.md",
+    f"results/{FC_RECORD}/tables/runs.md": "docs/results.md",
+}
 
 
 def table_blocks(text: str) -> list[list[str]]:
@@ -149,14 +266,23 @@ def table_blocks(text: str) -> list[list[str]]:
     return blocks
 
 
-def test_docs_show_the_committed_tables() -> None:
-    """The README opens with these results: its tables (and the runs table of docs/results.md) are the committed
+@pytest.mark.parametrize("table", SHOWN_IN)
+def test_docs_show_the_committed_tables(table: str) -> None:
+    """The README opens with these results: its tables (and the runs tables of docs/results.md) are the committed
     ones, row for row, with no row more or less."""
-    assert "results/cifar10_short/figures/fig6.png" in (REPO / "README.md").read_text()
-    for name, page in SHOWN_IN.items():
-        committed = table_blocks((RECORD / "tables" / f"{name}.md").read_text())
-        assert len(committed) == 1, name
-        header = committed[0][0]
-        shown = [block for block in table_blocks((REPO / page).read_text()) if block[0] == header]
-        assert len(shown) == 1, f"{page} shows tables/{name}.md {len(shown)} times (its header: {header})"
-        assert shown[0] == committed[0], f"{page}'s copy of tables/{name}.md differs from the committed table"
+    assert f"results/{SHORT}/figures/fig6.png" in (REPO / "README.md").read_text()
+    committed = table_blocks((REPO / table).read_text())
+    assert len(committed) == 1, table
+    page = SHOWN_IN[table]
+    shown = [block for block in table_blocks((REPO / page).read_text()) if block == committed[0]]
+    assert len(shown) == 1, f"{page} shows {table} {len(shown)} times, not once"
+
+
+def test_the_summary_verdict_is_the_records(plan, results) -> None:
+    """The README's verdict table (the summary over `all`) holds exactly the record's claims, as judged."""
+    summary = read_csv(REPO / SUMMARY_DIR / "tables/verdict.csv")
+    refs = load_references()
+    judged = [v for name in RECORD for v in judge_experiment(plan, results[name], refs)]
+    assert [(r["experiment"], r["claim"], r["verdict"]) for r in summary] == [
+        (v.experiment, v.claim, v.verdict) for v in judged
+    ]

@@ -1,6 +1,7 @@
 """Verdicts that say no more than the runs show (issue 27): an ImageNet claim judged against its real noise, from
-what `evaluate_imagenet` writes; a claim whose noise cannot be computed is undetermined; Holm's step-down procedure
-over each experiment's claims; and no verdict reads the best seed."""
+what `evaluate_imagenet` writes; a claim whose noise cannot be computed is undetermined; the FC nets' claims (at or
+above chance) judged against the noise of one mean; Holm's step-down procedure over each experiment's claims; and no
+verdict reads the best seed."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from test_render import TOL, full_config, read_csv
 
 from resnet_repro.plan import build_plan, load_config
 from resnet_repro.render.claims import Worse, judge
-from resnet_repro.render.experiments import REGISTRY, TABLE3_CLAIMS, experiment_claims
+from resnet_repro.render.experiments import REGISTRY, REVIEW_FC_CLAIMS, TABLE3_CLAIMS, experiment_claims
 from resnet_repro.render.references import load_references
 from resnet_repro.render.report import render_experiment
 from resnet_repro.render.results import ExperimentResults, ModelRuns, RunResult, load_run
@@ -170,6 +171,151 @@ def test_table3_verdicts_from_what_evaluate_imagenet_writes(
     # Holm over the four claims with a p-value: B over A has the third smallest (its margin is 5 standard errors,
     # the ResNet-50 ones 12 and 13) and is tested at 0.05 / 2; C over B has the largest, tested at 0.05.
     assert float(b_over_a["threshold"]) == pytest.approx(0.05 / 2) and float(c_over_b["threshold"]) == 0.05
+
+
+# ------------------------------------------------------------------------------- at chance, or above it
+CIFAR_TEST = 10_000  # CIFAR-10's test images
+STUCK, LEARNS, RESNET_BEATS_FC = REVIEW_FC_CLAIMS  # FC-56 does not learn; FC-20 learns; ResNet-18 beats FC-20
+
+
+def accuracies(values: dict[str, list[float]], test_images: int | None = CIFAR_TEST) -> ExperimentResults:
+    """CIFAR-10 runs (10 classes: chance is 10%) with these test accuracies per seed."""
+    errors = {model: [1 - a for a in accs] for model, accs in values.items()}
+    return runs_of(errors, test_images=test_images, classes=10)
+
+
+def one_mean_se(accuracy: float, n: int = 3, images: int = CIFAR_TEST) -> float:
+    """The standard error in points of a mean accuracy over `n` seeds that agree more closely than one run's
+    binomial error on `images` images (the floor of their spread)."""
+    return 100 * math.sqrt(accuracy * (1 - accuracy) / images) / math.sqrt(n)
+
+
+def test_fc20_learns_over_three_tight_seeds() -> None:
+    """17.1% over 3 seeds 0.1 points apart, on 10,000 images: the seeds agree more closely than one run's binomial
+    error (0.38 points), which is the spread; 2.1 points above chance + 5 against t(0.975, 2) x 0.22 = 0.94."""
+    from scipy.stats import t
+
+    runs = accuracies({"fc20": [0.170, 0.171, 0.172], "fc56": [0.095, 0.100, 0.105]})
+    verdict = LEARNS.evaluate(runs, TOL)
+    se = one_mean_se(0.171)
+    assert (verdict.verdict, verdict.seeds, verdict.df, verdict.threshold) == ("reproduced", "3", 2.0, 0.05)
+    assert verdict.critical == pytest.approx(t.ppf(0.975, 2), abs=1e-4)
+    assert verdict.margin == pytest.approx(2.1) and verdict.noise == pytest.approx(t.ppf(0.975, 2) * se, rel=1e-4)
+    assert verdict.p_value == pytest.approx(2 * t.sf(2.1 / se, 2), rel=1e-4)
+    assert verdict.evidence == (
+        "FC-20 test accuracy 17.10% (mean of 3 seeds) vs chance 10.00%: margin +2.10 points, noise ±0.94 (3 seeds)"
+    )
+    assert "margin = accuracy - (chance + 5 points)" in verdict.tolerance and "one-sample t" in verdict.tolerance
+    # With FC-56 (p about 0.02) in the family, FC-20's smaller p-value is tested at 0.05 / 2, with t at that level.
+    held = {v.claim: v for v in judge([STUCK, LEARNS], runs, TOL)}[LEARNS.text]
+    assert held.verdict == "reproduced" and held.threshold == pytest.approx(0.05 / 2)
+    assert held.critical == pytest.approx(t.ppf(1 - 0.05 / 4, 2), abs=1e-4)
+    assert held.noise == pytest.approx(t.ppf(1 - 0.05 / 4, 2) * se, rel=1e-4)
+    assert "Holm: p-value 1 of 2, tested at 0.05/2" in held.tolerance
+
+
+def test_fc56_at_chance_does_not_learn() -> None:
+    """10.0% ± 0.1 over 3 seeds: the mean lies 2 points inside the band of ±2 around chance, the noise 0.75."""
+    from scipy.stats import t
+
+    verdict = STUCK.evaluate(accuracies({"fc56": [0.099, 0.100, 0.101]}), TOL)
+    assert (verdict.verdict, verdict.seeds, verdict.df) == ("reproduced", "3", 2.0)
+    assert verdict.margin == pytest.approx(2.0)
+    assert verdict.noise == pytest.approx(t.ppf(0.975, 2) * one_mean_se(0.10), rel=1e-4)
+    assert "vs chance 10.00%: margin +2.00 points" in verdict.evidence
+    assert "margin = 2 points - |accuracy - chance|" in verdict.tolerance
+    # Off chance either way by a point: a margin of 1 point, still beyond the noise of 0.8.
+    for mean in (0.09, 0.11):
+        off = STUCK.evaluate(accuracies({"fc56": [mean - 0.001, mean, mean + 0.001]}), TOL)
+        assert off.verdict == "reproduced" and off.margin == pytest.approx(1.0)
+
+
+def test_fc_seeds_too_spread_are_within_noise() -> None:
+    """Seeds 5 (FC-20) and 4 (FC-56) points apart: noise t(0.975, 2) x 5/√3 = 12.4 and 9.9 points, margins 2."""
+    from scipy.stats import t
+
+    runs = accuracies({"fc20": [0.12, 0.17, 0.22], "fc56": [0.06, 0.10, 0.14]})
+    learns, stuck = LEARNS.evaluate(runs, TOL), STUCK.evaluate(runs, TOL)
+    assert (learns.verdict, stuck.verdict) == ("within noise", "within noise")
+    assert learns.margin == pytest.approx(2.0) and stuck.margin == pytest.approx(2.0)
+    assert learns.noise == pytest.approx(t.ppf(0.975, 2) * 5 / math.sqrt(3), rel=1e-4)
+    assert stuck.noise == pytest.approx(t.ppf(0.975, 2) * 4 / math.sqrt(3), rel=1e-4)
+    assert learns.p_value > 0.05 and stuck.p_value > 0.05
+
+
+def test_fc_far_from_the_claim_is_not_reproduced() -> None:
+    """FC-20 at 11.1%, 3.9 points below chance + 5; FC-56 at 20%, 8 points outside the chance band."""
+    runs = accuracies({"fc20": [0.110, 0.111, 0.112], "fc56": [0.199, 0.200, 0.201]})
+    learns, stuck = LEARNS.evaluate(runs, TOL), STUCK.evaluate(runs, TOL)
+    assert (learns.verdict, stuck.verdict) == ("not reproduced", "not reproduced")
+    assert learns.margin == pytest.approx(-3.9) and stuck.margin == pytest.approx(-8.0)
+    assert -learns.margin > learns.noise and -stuck.margin > stuck.noise and learns.p_value < 0.01
+
+
+def test_a_single_fc_run_is_the_binomial_test() -> None:
+    from scipy.stats import norm
+
+    verdict = LEARNS.evaluate(accuracies({"fc20": [0.17]}), TOL)
+    se = one_mean_se(0.17, n=1)
+    assert (verdict.verdict, verdict.seeds, verdict.df) == ("reproduced", "1", math.inf)
+    assert verdict.critical == pytest.approx(norm.ppf(0.975), abs=1e-4)
+    assert verdict.noise == pytest.approx(norm.ppf(0.975) * se, rel=1e-4)  # 0.74 points
+    assert verdict.p_value == pytest.approx(2 * norm.sf(2.0 / se), rel=1e-4)
+    assert verdict.evidence.endswith(
+        "(1 seed) vs chance 10.00%: margin +2.00 points, noise ±0.74 (binomial, 10000 images)"
+    )
+    assert "binomial test" in verdict.tolerance
+
+
+def test_an_fc_claim_without_image_counts_is_undetermined() -> None:
+    runs = accuracies({"fc20": [0.30, 0.31, 0.32], "fc56": [0.10, 0.10, 0.10]}, test_images=None)
+    for claim, margin in ((LEARNS, 16.0), (STUCK, 2.0)):  # 16 points: never a pass on unknown noise all the same
+        verdict = claim.evaluate(runs, TOL)
+        assert (verdict.verdict, verdict.seeds) == ("undetermined", "3")
+        assert (verdict.noise, verdict.p_value, verdict.df, verdict.critical) == (None, None, None, None)
+        assert verdict.margin == pytest.approx(margin) and "noise unknown" in verdict.evidence
+        assert "do not say on how many images the test accuracy was measured" in verdict.evidence
+
+
+def three_seeds(mean: float, margin: float, p_value: float) -> list[float]:
+    """Three accuracies around `mean` whose spread makes a margin of `margin` points this two-sided p-value."""
+    from scipy.stats import t
+
+    step = margin / 100 * math.sqrt(3) / t.isf(p_value / 2, 2)  # the sample std of (mean - step, mean, mean + step)
+    return [mean - step, mean, mean + step]
+
+
+def test_holm_runs_over_the_fc_claims_and_the_ordering_claim() -> None:
+    """FC-56 at chance (p 0.024), FC-20 3 points beyond chance + 5 (p 0.02), ResNet-18 no better than FC-20 (p 1):
+    each FC claim passes alone at 0.05; Holm over the three tests FC-20 at 0.05/3, where it fails, and so keeps
+    FC-56 too, below its own 0.05/2."""
+    from scipy.stats import t
+
+    runs = accuracies(
+        {
+            "fc56": three_seeds(0.10, 2.0, 0.024),
+            "fc20": three_seeds(0.18, 3.0, 0.02),
+            "cifar_resnet18": [0.175, 0.18, 0.185],
+        }
+    )
+    claims = list(REVIEW_FC_CLAIMS)
+    alone = [claim.evaluate(runs, TOL) for claim in claims]
+    assert [v.verdict for v in alone] == ["reproduced", "reproduced", "within noise"]
+    assert [v.p_value for v in alone] == pytest.approx([0.024, 0.02, 1.0], rel=1e-3)
+    held = judge(claims, runs, TOL)
+    thresholds = [step.threshold for step in holm([v.p_value for v in alone], 0.05)]
+    assert thresholds == pytest.approx([0.05 / 2, 0.05 / 3, 0.05])  # the family of three, ranked by p-value
+    assert [v.threshold for v in held] == pytest.approx(thresholds)
+    assert [v.verdict for v in held] == ["within noise"] * 3
+    assert held[1].critical == pytest.approx(t.ppf(1 - 0.05 / 6, 2), abs=1e-4)  # t at Holm's level for FC-20
+    assert held[1].noise > held[1].margin > alone[1].noise
+    assert "Holm: p-value 1 of 3, tested at 0.05/3" in held[1].tolerance
+    assert "Holm: p-value 2 of 3, tested at 0.05/2" in held[0].tolerance
+    # FC-56's margin is beyond the noise at its own level, 0.05/2: Holm, stopped at FC-20, keeps it all the same.
+    assert held[0].margin > held[0].noise and "Holm stopped at a smaller p-value" in held[0].evidence
+    assert "Holm: p-value 3 of 3, tested at 0.05/1" in held[2].tolerance
+    # Without Holm each is tested alone at 0.05.
+    assert judge(claims, runs, TOL | {"holm": False}) == alone
 
 
 # ------------------------------------------------------------------------------------------- Holm

@@ -1,6 +1,6 @@
 """Claims of the paper and the review, and their verdicts: reproduced, within noise, not reproduced,
-undetermined (the noise cannot be computed) or not run; the ordering claims of an experiment held to one
-family-wise error rate by Holm's procedure."""
+undetermined (the noise cannot be computed) or not run; the statistical claims of an experiment (orderings of two
+models, and a model at or above chance) held to one family-wise error rate by Holm's procedure."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 
 from .names import is_plain, is_residual, model_depth, model_label
 from .results import ExperimentResults, ModelRuns
-from .statistics import difference_noise, holm, unknown_sample_sizes
+from .statistics import difference_noise, holm, mean_noise, unknown_sample_sizes
 
 REPRODUCED, WITHIN_NOISE, NOT_REPRODUCED = "reproduced", "within noise", "not reproduced"
 UNDETERMINED, NOT_RUN = "undetermined", "not run"
@@ -25,12 +25,12 @@ class Verdict:
     evidence: str
     tolerance: str  # the rule the claim was judged by
     verdict: str
-    margin: float | None = None  # points, in the claimed direction (ordering claims)
+    margin: float | None = None  # points, in the claimed direction (statistical claims: Worse, AtChance)
     noise: float | None = None  # points: the margin a claim must exceed to count as reproduced
-    seeds: str = ""  # runs behind each side, e.g. "2 vs 2"
-    df: float | None = None  # degrees of freedom of the noise (ordering claims; inf: the binomial test)
-    critical: float | None = None  # the critical value the standard error of the difference is multiplied by
-    p_value: float | None = None  # two-sided p-value of the margin (ordering claims whose noise is known)
+    seeds: str = ""  # runs behind each side, e.g. "2 vs 2" (or "3": one side)
+    df: float | None = None  # degrees of freedom of the noise (statistical claims; inf: the binomial test)
+    critical: float | None = None  # what the standard error (of a difference, or a mean) is multiplied by
+    p_value: float | None = None  # two-sided p-value of the margin (statistical claims whose noise is known)
     threshold: float | None = None  # the level the p-value is tested at: 1 - confidence, or Holm's share of it
 
 
@@ -57,11 +57,19 @@ def _not_run(groups: list[ModelRuns]) -> str | None:
     return f"not run: {'; '.join(parts)}" if parts else None
 
 
-def _describe(group: ModelRuns, metric: str) -> str:
+def _describe(group: ModelRuns, metric: str, words: str = "") -> str:
+    """E.g. "FC-20 test accuracy 17.27% (mean of 3 seeds)", with `words` naming the metric (or nothing)."""
     s = group.stat(metric)
     assert s is not None
     seeds = f"mean of {s.n} seeds" if s.n > 1 else "1 seed"
-    return f"{model_label(group.model)} {_pct(s.mean)} ({seeds})"
+    return f"{model_label(group.model)} {words + ' ' if words else ''}{_pct(s.mean)} ({seeds})"
+
+
+def _outcome(margin: float, noise: float) -> str:
+    """Reproduced beyond the noise in the claimed direction, not reproduced beyond it the other way."""
+    if margin > noise:
+        return REPRODUCED
+    return NOT_REPRODUCED if margin < -noise else WITHIN_NOISE
 
 
 @dataclass(frozen=True)
@@ -112,8 +120,8 @@ class Worse(Claim):
     noise of the difference (the critical value of Student's t at `confidence`, two-sided, times its standard
     error: see `difference_noise`; at least `ordering_points`), not reproduced when it is beyond that noise the
     other way, and within noise otherwise; undetermined when a run does not say how many images the metric was
-    measured on (its binomial floor, and so the noise, is unknown). `judge` then tests the experiment's ordering
-    claims as one family (Holm)."""
+    measured on (its binomial floor, and so the noise, is unknown). `judge` then tests the experiment's claims
+    with a p-value (these and `AtChance`'s) as one family (Holm)."""
 
     worse: str = ""
     better: str = ""
@@ -146,12 +154,7 @@ class Worse(Claim):
             return Verdict("", "", "", evidence, self.tolerance(tol), UNDETERMINED, round(margin, 4), seeds=seeds)
         diff = difference_noise(groups[0], groups[1], self.metric, tol["confidence"])
         noise = max(100 * diff.critical * diff.se, tol["ordering_points"])
-        if margin > noise:
-            outcome = REPRODUCED
-        elif margin < -noise:
-            outcome = NOT_REPRODUCED
-        else:
-            outcome = WITHIN_NOISE
+        outcome = _outcome(margin, noise)
         evidence = f"{described}, noise ±{noise:.2f} ({diff.how[0]}; {diff.how[1]})"
         rule = f"{words}: |margin| > t({_quantile(tol)}, df) \u00d7 SE of the difference; {diff.test}"
         return Verdict(
@@ -224,8 +227,14 @@ class Near(Claim):
 
 @dataclass(frozen=True)
 class AtChance(Claim):
-    """The model does not learn: test accuracy within the chance tolerance of 1/classes (or, with `above`, it
-    learns: accuracy at least `learns_points` above chance)."""
+    """The model does not learn: its mean test accuracy over seeds lies inside the band of `chance_points` around
+    chance (1/classes); or, with `above`, it learns: its mean accuracy is more than `learns_points` above chance.
+    Judged against seed noise like `Worse`: the margin in the claimed direction (above: accuracy - (chance +
+    learns_points); not above: chance_points - |accuracy - chance|, how far inside the band the mean lies) is
+    reproduced when it exceeds the critical value of Student's t at `confidence`, two-sided, times the standard error
+    of the mean (see `mean_noise`), not reproduced when it is beyond that noise the other way, within noise otherwise;
+    undetermined when a run does not say on how many images the accuracy was measured. Its p-value puts it in the
+    experiment's Holm family with the ordering claims."""
 
     model: str = ""
     above: bool = False
@@ -233,20 +242,55 @@ class AtChance(Claim):
     def models(self) -> list[str]:
         return [self.model]
 
-    def tolerance(self, tol: dict) -> str:
+    def _margin_rule(self, tol: dict) -> str:
         if self.above:
-            return f"accuracy >= chance + {tol['learns_points']:g} points"
-        return f"|accuracy - chance| <= {tol['chance_points']:g} points"
+            return f"margin = accuracy - (chance + {tol['learns_points']:g} points)"
+        return f"margin = {tol['chance_points']:g} points - |accuracy - chance|"
 
-    def judge(self, groups: list[ModelRuns], tol: dict) -> tuple[bool, str]:
-        group = groups[0]
-        s = group.stat("test_accuracy")
+    def tolerance(self, tol: dict) -> str:
+        return (
+            f"test accuracy: |margin| > t({_quantile(tol)}, df) standard errors of the mean, {self._margin_rule(tol)} "
+            "(seeds: one-sample t; 1 run: binomial test)"
+        )
+
+    def judge(self, groups: list[ModelRuns], tol: dict) -> Verdict:
+        group, metric = groups[0], "test_accuracy"
+        s = group.stat(metric)
         assert s is not None
-        chance = 100 / group.runs[0].classes
-        acc = 100 * s.mean
-        evidence = f"{model_label(group.model)} test accuracy {acc:.2f}% vs chance {chance:.2f}%"
-        ok = acc >= chance + tol["learns_points"] if self.above else abs(acc - chance) <= tol["chance_points"]
-        return ok, evidence
+        chance = 1 / group.runs[0].classes
+        if self.above:
+            margin = 100 * (s.mean - chance) - tol["learns_points"]
+        else:
+            margin = tol["chance_points"] - 100 * abs(s.mean - chance)
+        described = f"{_describe(group, metric, 'test accuracy')} vs chance {_pct(chance)}: margin {margin:+.2f} points"
+        seeds = str(s.n)
+        if unknown_sample_sizes(groups, metric):
+            evidence = (
+                f"{described}; noise unknown: the metrics of {model_label(group.model)} do not say on how many "
+                "images the test accuracy was measured"
+            )
+            return Verdict("", "", "", evidence, self.tolerance(tol), UNDETERMINED, round(margin, 4), seeds=seeds)
+        mean = mean_noise(group, metric, tol["confidence"])
+        noise = 100 * mean.critical * mean.se
+        rule = (
+            f"test accuracy: |margin| > t({_quantile(tol)}, df) \u00d7 SE of the mean, {self._margin_rule(tol)}; "
+            f"{mean.test}"
+        )
+        return Verdict(
+            "",
+            "",
+            "",
+            f"{described}, noise ±{noise:.2f} ({mean.how[0]})",
+            rule,
+            _outcome(margin, noise),
+            round(margin, 4),
+            round(noise, 4),
+            seeds,
+            round(mean.df, 2),
+            round(mean.critical, 4),
+            mean.p_value(margin / 100),
+            round(1 - tol["confidence"], 12),
+        )
 
 
 def generic_claims(models: list[str]) -> list[Claim]:
@@ -275,8 +319,9 @@ def generic_claims(models: list[str]) -> list[Claim]:
 
 
 def judge(claims: list[Claim], results: ExperimentResults, tol: dict) -> list[Verdict]:
-    """Every claim's verdict on the results, the ordering claims tested as one family by Holm's procedure when
-    `tol["holm"]` is on; all "not run" when config.yaml disables the experiment."""
+    """Every claim's verdict on the results, the claims with a p-value (orderings, and a model at or above chance)
+    tested as one family by Holm's procedure when `tol["holm"]` is on; all "not run" when config.yaml disables the
+    experiment."""
     verdicts = [claim.evaluate(results, tol) for claim in claims]
     if tol["holm"]:
         verdicts = holm_verdicts(claims, verdicts, results, tol)

@@ -42,4 +42,6 @@ def render_summary(
     for experiment in experiments if experiments is not None else summary_experiments(plan):
         verdicts += judge_experiment(plan, collect(plan, experiment, root), refs)
     holm = refs["tolerances"]["holm"]
-    return write_table(verdict_table(verdicts, holm, title="Reproduction verdict: every claim"), out_dir)
+    # An overview: each experiment's own verdict table has the evidence and rule of every claim.
+    title = "Reproduction verdict: every claim (evidence and rules: each experiment's verdict table)"
+    return write_table(verdict_table(verdicts, holm, title=title, brief=True), out_dir)

@@ -1,5 +1,5 @@
-"""The statistics behind a verdict: the noise of a difference of two models' means, its p-value, and Holm's
-step-down thresholds that hold the family-wise error rate over an experiment's claims."""
+"""The statistics behind a verdict: the noise of a difference of two models' means, or of one model's mean, its
+p-value, and Holm's step-down thresholds that hold the family-wise error rate over an experiment's claims."""
 
 from __future__ import annotations
 
@@ -26,21 +26,29 @@ def unknown_sample_sizes(groups: list[ModelRuns], metric: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Noise:
-    """The noise of the difference of two models' mean `metric`: a margin beyond `critical` x `se` is real."""
+    """The noise of the difference of two models' mean `metric` (`difference_noise`), or of one model's mean
+    (`mean_noise`): a margin beyond `critical` x `se` is real."""
 
-    se: float  # standard error of the difference of the means (a fraction)
+    se: float  # standard error of the difference of the means, or of the one mean (a fraction)
     df: float  # degrees of freedom of `se` (math.inf for the binomial test: the normal quantile)
     critical: float  # the two-sided critical value t(1 - (1 - confidence) / 2, df)
     test: str  # which rule estimated it (the Rule column)
-    how: tuple[str, str]  # how each side's error was estimated (the evidence)
+    how: tuple[str, ...]  # how each side's error was estimated (the evidence): two sides, or one
 
     def p_value(self, difference: float) -> float:
-        """The two-sided p-value of a difference of means (a fraction) under this noise."""
+        """The two-sided p-value of a difference of means, or of a margin (a fraction), under this noise."""
         from scipy.stats import t  # imported here: render must stay light (the Snakefile imports it on dry runs)
 
         if self.se == 0:
             return 0.0 if difference else 1.0
         return float(2 * t.sf(abs(difference) / self.se, self.df))
+
+
+def _critical(confidence: float, df: float) -> float:
+    """The two-sided critical value of Student's t at `confidence` (df math.inf: the normal quantile)."""
+    from scipy.stats import t
+
+    return float(t.ppf(1 - (1 - confidence) / 2, df))
 
 
 def _welch_df(variances: tuple[float, float], runs: tuple[int, int]) -> float:
@@ -64,8 +72,6 @@ def difference_noise(worse: ModelRuns, better: ModelRuns, metric: str, confidenc
       error): SE² = s₁² + s₂² / n, with df = n - 1, the only estimated variance (Crawford & Howell's test of a
       single case against a sample, 1998).
     - One run against one run: the binomial test, SE² = Σ p(1-p)/N, critical value the normal quantile."""
-    from scipy.stats import t
-
     groups = (worse, better)
     stats = [g.stat(metric) for g in groups]
     assert stats[0] and stats[1]
@@ -94,7 +100,28 @@ def difference_noise(worse: ModelRuns, better: ModelRuns, metric: str, confidenc
         described = [f"binomial, {n} images" for _, n in binomial]
         how = (described[0], described[1])
     se = math.sqrt(sum(spread**2 / n for spread, n in zip(spreads, runs, strict=True)))
-    return Noise(se, df, float(t.ppf(1 - (1 - confidence) / 2, df)), test, how)
+    return Noise(se, df, _critical(confidence, df), test, how)
+
+
+def mean_noise(group: ModelRuns, metric: str, confidence: float) -> Noise:
+    """The standard error of one model's mean `metric` over its seeds, its degrees of freedom and critical value:
+    the one-sample counterpart of `difference_noise`, with the same floor. The group's runs must state their sample
+    sizes (see `unknown_sample_sizes`).
+
+    - Several seeds: SE = s / √n, s the seed std floored at one run's binomial error on its images, df = n - 1.
+    - One run: its binomial error, SE² = p(1-p)/N, critical value the normal quantile (df ∞)."""
+    s = group.stat(metric)
+    assert s is not None
+    binomial, images = binomial_error(group, metric)
+    if s.n > 1:
+        spread, df = max(s.std, binomial), float(s.n - 1)
+        test = "one-sample t: SE² = s² / n, s = seed std ≥ binomial error, df = n - 1"
+        how = f"{s.n} seeds"
+    else:
+        spread, df = binomial, math.inf
+        test = "binomial test: SE² = p(1 - p) / N, normal critical value (df ∞)"
+        how = f"binomial, {images} images"
+    return Noise(spread / math.sqrt(s.n), df, _critical(confidence, df), test, (how,))
 
 
 @dataclass(frozen=True)

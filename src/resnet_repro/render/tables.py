@@ -140,9 +140,13 @@ def short_table(results: ExperimentResults, refs: dict) -> Table:
         ],
         records,
         [
-            f"Ours: {iterations:,} iterations, the paper's protocol (SGD 0.9, weight decay 1e-4, batch 128, lr 0.1 "
-            f"divided by 10 twice) at 1/{paper_iterations / max(iterations, 1):,.0f} of its length. Mean ± std "
-            "(n-1) over seeds, what the verdict judges; train error is the last full epoch's.",
+            (
+                f"Ours: {iterations:,} iterations, the paper's protocol (SGD 0.9, weight decay 1e-4, batch 128, lr 0.1 "
+                f"divided by 10 twice) at 1/{paper_iterations / iterations:,.0f} of its length. Mean ± std "
+                "(n-1) over seeds, what the verdict judges; train error is the last full epoch's."
+            )
+            if iterations
+            else "Ours: no run has finished yet.",
             f"Paper: {cite(refs, 'table6')}, its one printed number per net ({paper_iterations:,} iterations); it "
             "prints none for the plain nets.",
             *deviation_notes(refs, (*cifar10_deviations(results), "short_schedule")),
@@ -321,12 +325,14 @@ def fc_table(results: ExperimentResults, refs: dict, regime: str) -> Table:
     )
     records = []
     for row in refs["review_fc"]["rows"]:
-        group = results.models.get(row["model"])
+        if row["model"] not in results.models:
+            continue  # a net this experiment does not train (the record's FC-only experiment has no ResNet-18)
+        group = results.models[row["model"]]
         ours: dict[str, Any] = {"model": row["model"], "label": row["label"], "source": "ours"}
         for key, metric in metrics:
-            s = group.stat(metric) if group else None
+            s = group.stat(metric)
             ours[key] = rounded(s.mean) if s else None
-        ours["runs"] = len(group.runs) if group else 0
+        ours["runs"] = len(group.runs)
         if not ours["runs"]:
             ours["source"] = f"ours: {NOT_RUN}"
         records.append(ours)
@@ -339,9 +345,10 @@ def fc_table(results: ExperimentResults, refs: dict, regime: str) -> Table:
                 **{key: row[key] for key, _ in metrics},
             }
         )
+    nets = " / ".join(dict.fromkeys(r["label"] for r in records))
     return Table(
         "fc_table",
-        f"FC-20 / FC-56 / ResNet-18 on CIFAR-10, ours in {refs['regimes'][regime]['label']} beside the review's",
+        f"{nets} on CIFAR-10, ours in {refs['regimes'][regime]['label']} beside the review's",
         ["model", "source", "train_loss", "val_loss", "train_accuracy", "val_accuracy", "runs"],
         [
             Column("Model", lambda r: r["label"], "l"),
@@ -350,6 +357,7 @@ def fc_table(results: ExperimentResults, refs: dict, regime: str) -> Table:
             Column("Val loss", lambda r: fmt(r["val_loss"], 4)),
             Column("Train acc.", lambda r: fmt(r["train_accuracy"], 4)),
             Column("Val acc.", lambda r: fmt(r["val_accuracy"], 4)),
+            Column("Seeds", lambda r: DASH if r["runs"] is None else str(r["runs"])),
         ],
         records,
         [
@@ -505,10 +513,15 @@ def _p_value(value: float | None) -> str:
 
 
 def verdict_table(
-    verdicts: list[Verdict], holm: bool, name: str = "verdict", title: str = "Reproduction verdict"
+    verdicts: list[Verdict],
+    holm: bool,
+    name: str = "verdict",
+    title: str = "Reproduction verdict",
+    brief: bool = False,
 ) -> Table:
     """One row per claim: evidence, margin, noise, seeds, df, critical value, p-value and the level it is tested at,
-    rule and verdict. `holm`: whether the ordering claims were tested as one family (the notes say so)."""
+    rule and verdict. `holm`: whether the ordering claims were tested as one family (the notes say so). `brief`: the
+    numbers alone, without source, evidence and rule columns (the CSV keeps them), for an overview."""
     records = [
         vars(v)
         | {
@@ -520,10 +533,13 @@ def verdict_table(
     counts = {k: sum(v.verdict == k for v in verdicts) for k in VERDICTS}
     show_experiment = len({v.experiment for v in verdicts}) > 1
     columns = [Column("Experiment", lambda r: r["experiment"], "l")] if show_experiment else []
+    columns.append(Column("Claim", lambda r: r["claim"], "l"))
+    if not brief:
+        columns += [
+            Column("Source", lambda r: r["source"], "l"),
+            Column("Evidence (our runs)", lambda r: r["evidence"], "l"),
+        ]
     columns += [
-        Column("Claim", lambda r: r["claim"], "l"),
-        Column("Source", lambda r: r["source"], "l"),
-        Column("Evidence (our runs)", lambda r: r["evidence"], "l"),
         Column("Margin (points)", lambda r: fmt(r["margin"], 2)),
         Column("Noise (points)", lambda r: fmt(r["noise"], 2)),
         Column("Seeds", lambda r: r["seeds"] or DASH),
@@ -531,7 +547,7 @@ def verdict_table(
         Column("Critical value", lambda r: fmt(r["critical"], 2)),
         Column("p-value", lambda r: _p_value(r["p_value"])),
         Column("Tested at", lambda r: DASH if r["threshold"] is None else f"{r['threshold']:.4g}"),
-        Column("Rule", lambda r: r["tolerance"], "l"),
+        *([] if brief else [Column("Rule", lambda r: r["tolerance"], "l")]),
         Column("Verdict", lambda r: r["verdict"], "l"),
     ]
     family = (
@@ -561,10 +577,11 @@ def verdict_table(
         records,
         [
             ", ".join(f"{counts[k]} {k}" for k in VERDICTS) + ".",
-            "Ordering claims: reproduced when the margin exceeds the noise, not reproduced when it is beyond the noise "
-            "the other way, within noise otherwise. The noise is the critical value of Student's t at the df shown "
-            "times the standard error of the difference (the Rule column says how both are estimated); equivalently, "
-            "the two-sided p-value is at or below the level it is tested at.",
+            "Ordering and chance claims: reproduced when the margin exceeds the noise, not reproduced when it is "
+            "beyond the noise the other way, within noise otherwise. The noise is the critical value of Student's t at "
+            "the df shown times the standard error of the difference (of the one mean, for a chance claim; the Rule "
+            "column says how both are estimated); equivalently, the two-sided p-value is at or below the level it is "
+            "tested at.",
             family,
             f"'{UNDETERMINED}': a run does not say how many images an error rests on, so its noise cannot be "
             f"computed. A claim whose runs (any of their seeds) have not happened is '{NOT_RUN}'. Neither is a pass.",
