@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, cli_env
 
 from resnet_repro.paths import HISTORY_FILE, SUMMARY_DIR
 from resnet_repro.plan import build_plan
@@ -119,8 +119,15 @@ def test_dvc_sees_each_committed_run_as_made_by_this_code(plan) -> None:
     if not stems:
         return
     targets = [f"{kind}-{stem}" for stem in stems for kind in ("train", "evaluate")]
+    # cli_env: the venv's dvc, which CI does not put on PATH
     result = subprocess.run(
-        ["dvc", "status", "--json", *targets], cwd=REPO, capture_output=True, text=True, timeout=300, check=True
+        ["dvc", "status", "--json", *targets],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
     )
     for stage, changes in json.loads(result.stdout or "{}").items():
         for change in changes:

@@ -31,7 +31,8 @@ NEW = {
     "review_fc_noaug": ("review_fc", NO_AUGMENTATION),
 }
 CHANGED_RUNS = {"fc_vs_resnet/fc20/seed0": "review_fc", "fc_vs_resnet/fc56/seed0": "review_fc"}
-NEW_EXPERIMENTS = ("review_fc_vs_resnet", "review_cifar100")
+# Runs added since: the review's own regime (issue 27) and the results of record's third seed and FC nets (issue 29).
+NEW_EXPERIMENTS = ("review_fc_vs_resnet", "review_cifar100", "cifar10_short", "cifar10_fc")
 
 
 def digest(settings: TrainSettings) -> str:
@@ -56,7 +57,12 @@ def test_every_planned_run_keeps_its_settings() -> None:
     assert {key: now[key] for key in kept} == kept
     for key, schedule in CHANGED_RUNS.items():
         assert runs[key].settings == resolve_settings(schedule) and now[key] != BEFORE["runs"][key]
-    assert {key.split("/")[0] for key in set(now) - set(BEFORE["runs"])} == set(NEW_EXPERIMENTS)
+    added = set(now) - set(BEFORE["runs"])
+    assert {key.split("/")[0] for key in added} == set(NEW_EXPERIMENTS)
+    for key in added:  # a new run without overrides of its own trains on its experiment's schedule, as resolved
+        experiment = config["experiments"][key.split("/")[0]]
+        if not experiment["models"][runs[key].model]:
+            assert runs[key].settings == resolve_settings(experiment["schedule"]), key
 
 
 def test_train_settings_defaults_are_the_papers_schedule_as_written_once() -> None:
