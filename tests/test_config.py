@@ -15,9 +15,12 @@ from resnet_repro.plan import build_plan, load_config, validate_config
 from resnet_repro.stages import dvc_yaml_text
 
 BASE = yaml.safe_load((REPO / "config.yaml").read_text())
-if not CIFAR10_JPEG.exists():  # a clone without ../shared/data: its short experiment has nothing to read
-    BASE["all"].remove("cifar10_short")
-    del BASE["experiments"]["cifar10_short"], BASE["datasets"]["cifar10_jpeg"]
+if not CIFAR10_JPEG.exists():  # a clone without ../shared/data: the experiments on it have nothing to read
+    for name in [name for name, spec in BASE["experiments"].items() if spec["dataset"] == "cifar10_jpeg"]:
+        del BASE["experiments"][name]
+        if name in BASE["all"]:
+            BASE["all"].remove(name)
+    del BASE["datasets"]["cifar10_jpeg"]
 
 
 def _broken(edit) -> dict:
