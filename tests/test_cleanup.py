@@ -95,6 +95,28 @@ def test_ci_run_fails_on_a_process_left_behind(ci_copy: Path) -> None:
         kill_processes([pid for pid, cmdline in _cmdlines().items() if cmdline.startswith(marker)], grace=0)
 
 
+def test_ci_run_looks_again_at_a_process_whose_environment_reads_empty(ci_copy: Path) -> None:
+    """Mid-exec, /proc/PID/environ reads empty: a leftover caught there must not pass for clean. Stretched here to a
+    second: the process starts with no environment and gets the run's token back by an exec a second later."""
+    marker = f"empty-then-token-{time.monotonic_ns()}"
+    later = f"exec env RESNET_REPRO_CI_RUN=$RESNET_REPRO_CI_RUN bash -c 'exec -a {marker} sleep 600'"
+    result = _ci(ci_copy, f'setsid env -i bash -c "sleep 1; {later}" </dev/null >/dev/null 2>&1 & exit 0\n')
+    try:
+        assert result.returncode == 1, result.stderr
+        assert "left 1 process(es) running" in result.stderr and marker in result.stderr, result.stderr
+    finally:
+        kill_processes([pid for pid, cmdline in _cmdlines().items() if cmdline.startswith(marker)], grace=0)
+
+
+def test_ci_run_ignores_a_process_that_never_shows_an_environment(ci_copy: Path) -> None:
+    marker = f"no-environment-{time.monotonic_ns()}"
+    result = _ci(ci_copy, f"setsid env -i bash -c 'exec -a {marker} sleep 600' </dev/null >/dev/null 2>&1 & exit 0\n")
+    try:
+        assert result.returncode == 0 and "left" not in result.stderr, result.stderr
+    finally:
+        kill_processes([pid for pid, cmdline in _cmdlines().items() if cmdline.startswith(marker)], grace=0)
+
+
 def _cmdlines() -> dict[int, str]:
     found = {}
     for entry in os.scandir("/proc"):
