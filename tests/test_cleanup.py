@@ -92,7 +92,7 @@ def test_ci_run_fails_on_a_process_left_behind(ci_copy: Path) -> None:
         assert result.returncode == 1, result.stderr
         assert "left 1 process(es) running" in result.stderr and marker in result.stderr, result.stderr
     finally:
-        kill_processes([pid for pid, cmdline in _cmdlines().items() if cmdline.startswith(marker)], grace=0)
+        _kill_marked(marker)
 
 
 def test_ci_run_looks_again_at_a_process_whose_environment_reads_empty(ci_copy: Path) -> None:
@@ -105,7 +105,7 @@ def test_ci_run_looks_again_at_a_process_whose_environment_reads_empty(ci_copy: 
         assert result.returncode == 1, result.stderr
         assert "left 1 process(es) running" in result.stderr and marker in result.stderr, result.stderr
     finally:  # the marker is in the first bash's command line too, should the check have ended before its exec
-        kill_processes([pid for pid, cmdline in _cmdlines().items() if marker in cmdline], grace=0)
+        _kill_marked(marker)
 
 
 def test_ci_run_ignores_a_process_that_never_shows_an_environment(ci_copy: Path) -> None:
@@ -114,7 +114,12 @@ def test_ci_run_ignores_a_process_that_never_shows_an_environment(ci_copy: Path)
     try:
         assert result.returncode == 0 and "left" not in result.stderr, result.stderr
     finally:
-        kill_processes([pid for pid, cmdline in _cmdlines().items() if cmdline.startswith(marker)], grace=0)
+        _kill_marked(marker)
+
+
+def _kill_marked(marker: str) -> None:
+    """Kill every process whose command line holds the marker (this test process's own never does)."""
+    kill_processes([pid for pid, cmdline in _cmdlines().items() if marker in cmdline], grace=0)
 
 
 def _cmdlines() -> dict[int, str]:
