@@ -42,7 +42,7 @@ from resnet_repro.render.outputs import (
 from resnet_repro.render.references import REPO_REFERENCES, load_references
 from resnet_repro.render.report import render_experiment, render_summary
 from resnet_repro.render.results import ExperimentResults, ModelRuns, RunResult
-from resnet_repro.render.tables import runs_table, verdict_table
+from resnet_repro.render.tables import precision_notes, results_table, runs_table, short_table, verdict_table
 from resnet_repro.runfiles import EPOCH_FIELDS, HISTORY_FIELDS, write_evaluation
 from resnet_repro.sources import command_sources
 from resnet_repro.stages import dvc_stages
@@ -717,6 +717,33 @@ def test_verdict_table_shows_margin_noise_seeds_df_critical_value_and_rule(tmp_p
     assert float(rows[0]["p_value"]) == pytest.approx(p_value, rel=1e-3) and float(rows[0]["threshold"]) == 0.05
     assert "2 reproduced, 0 within noise, 0 not reproduced, 0 undetermined, 1 not run." in markdown
     assert "no family-wise control" in markdown
+
+
+def _trained_in(precisions: dict[str, list[str]]) -> ExperimentResults:
+    """Results whose runs name the precision they trained in (provenance), one entry per seed."""
+    metrics = {"train_error": 0.3, "test_error": 0.3, "top1_accuracy": 0.7, "top5_accuracy": 0.9, "parameters": 1000}
+    groups = {}
+    for model, per_seed in precisions.items():
+        runs = [
+            RunResult(model, seed, Path("."), {**metrics, "provenance": {"train_precision": p}}, None)
+            for seed, p in enumerate(per_seed)
+        ]
+        groups[model] = ModelRuns(model, list(range(len(per_seed))), runs)
+    return ExperimentResults("x", "cifar10", True, groups)
+
+
+def test_tables_say_when_runs_were_trained_in_different_precisions(tmp_path: Path) -> None:
+    assert precision_notes(_trained_in({"plain20": ["fp32"] * 3, "resnet20": ["fp32"] * 3})) == []
+    assert precision_notes(_trained_in({"plain20": ["bf16"] * 2})) == []
+    mixed = _trained_in({"plain20": ["fp32"] * 3, "resnet56": ["fp32", "fp32", "bf16"]})
+    (note,) = precision_notes(mixed)
+    assert "plain-20 seeds 0, 1, 2 fp32" in note and "ResNet-56 seeds 0, 1 fp32, seed 2 bf16." in note
+    assert note.endswith("ResNet-56: mean and std pool both precisions.")
+    apart = _trained_in({"plain20": ["fp32"] * 2, "resnet20": ["bf16"] * 2})  # one precision per model
+    assert "pool" not in precision_notes(apart)[0]
+    for shown in (runs_table(mixed), results_table(mixed), short_table(mixed, load_references())):
+        write_table(shown, tmp_path / shown.name)
+        assert note in (tmp_path / shown.name / f"tables/{shown.name}.md").read_text()
 
 
 def test_missing_runs_and_seeds_are_never_a_pass() -> None:

@@ -49,6 +49,34 @@ def _params_m(group: ModelRuns | None) -> float | None:
     return None if s is None else round(s.mean / 1e6, 4)
 
 
+def _seed_list(seeds: list[int]) -> str:
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+
+
+def precision_notes(results: ExperimentResults) -> list[str]:
+    """A note when the experiment's runs were trained in more than one precision (a machine with fast bf16 trains
+    `precision: auto` runs in bf16, one without in fp32): which seeds of which model ran in which, since a model's
+    mean and std pool them. Nothing when all runs share one precision."""
+    by_model: dict[str, dict[str, list[int]]] = {}
+    for group in results.models.values():
+        for run in sorted(group.runs, key=lambda r: r.seed):
+            precision = (run.metrics.get("provenance") or {}).get("train_precision")
+            if precision:
+                by_model.setdefault(group.model, {}).setdefault(precision, []).append(run.seed)
+    if len({p for precisions in by_model.values() for p in precisions}) < 2:
+        return []
+    in_seed_order = {
+        model: sorted(precisions.items(), key=lambda item: item[1]) for model, precisions in by_model.items()
+    }
+    parts = [
+        f"{model_label(model)} " + ", ".join(f"{_seed_list(seeds)} {precision}" for precision, seeds in precisions)
+        for model, precisions in in_seed_order.items()
+    ]
+    mixed = [model_label(m) for m, precisions in by_model.items() if len(precisions) > 1]
+    pooled = f" {', '.join(mixed)}: mean and std pool both precisions." if mixed else ""
+    return [f"Precision differs between runs: {'; '.join(parts)}.{pooled}"]
+
+
 def results_table(results: ExperimentResults, notes: list[str] | None = None) -> Table:
     """One row per model: layers, parameters, final training error, test error (mean ± std), top-5; `notes`: more
     notes (the deviations from the paper behind the numbers)."""
@@ -86,7 +114,11 @@ def results_table(results: ExperimentResults, notes: list[str] | None = None) ->
             Column("Seeds", lambda r: r["seeds"]),
         ],
         records,
-        ["Train error: the last epoch's training error (mean over seeds). Std is over seeds (n-1).", *(notes or [])],
+        [
+            "Train error: the last epoch's training error (mean over seeds). Std is over seeds (n-1).",
+            *precision_notes(results),
+            *(notes or []),
+        ],
     )
 
 
@@ -147,6 +179,7 @@ def short_table(results: ExperimentResults, refs: dict) -> Table:
             )
             if iterations
             else "Ours: no run has finished yet.",
+            *precision_notes(results),
             f"Paper: {cite(refs, 'table6')}, its one printed number per net ({paper_iterations:,} iterations); it "
             "prints none for the plain nets.",
             *deviation_notes(refs, (*cifar10_deviations(results), "short_schedule")),
@@ -223,7 +256,8 @@ def runs_table(results: ExperimentResults) -> Table:
         records,
         [
             "Wall time: the trainer's own clock from start to the last evaluation, evaluations and any "
-            "compilation included (history.csv, wall_s); data preparation and the evaluate step are not counted."
+            "compilation included (history.csv, wall_s); data preparation and the evaluate step are not counted.",
+            *precision_notes(results),
         ],
     )
 
