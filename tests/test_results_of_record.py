@@ -139,10 +139,8 @@ def test_dvc_sees_each_committed_run_as_made_by_this_code(plan) -> None:
                     assert missing and not path.startswith("src/"), f"{stage}: {path} {state}"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 29: the record is made run by run, across sessions, and is incomplete")
 def test_the_record_is_complete(plan) -> None:
-    """Every run issue 29 names is committed. Strict: once the last run is in, this test passes, and the marker
-    must go."""
+    """Every run issue 29 names is committed."""
     done = {run.folder for _, run in committed_runs(plan)}
     missing = [run.folder for name in RECORD for run in plan.experiments[name] if run.folder not in done]
     assert not missing, f"{len(missing)} runs of record still to make: {missing}"
