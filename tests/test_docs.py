@@ -157,14 +157,23 @@ def test_command_line_page_names_every_subcommand() -> None:
 
 
 # ----------------------------------------------------------------------------------------- files and scripts
-def committed_folder(path: str) -> bool:
-    """Whether a path under results/ lies in a folder of committed results (so the path must exist): not a run
-    folder holding only the settings.json every planned run has."""
+@functools.cache
+def tracked_files() -> frozenset[str]:
+    """Every file git tracks here: what a fresh clone holds, whatever the demo or a run has added since."""
+    listed = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    return frozenset(listed.splitlines())
+
+
+def committed_folder(path: str, tracked: frozenset[str] | None = None) -> bool:
+    """Whether a path under results/ lies in a folder of committed results (so the path must exist): a folder in
+    which git tracks more than the settings.json every planned run has. Untracked outputs (the demo's runs) do not
+    count: a fresh clone lacks them."""
     parts = path.split("/")
     if parts[0] != "results" or len(parts) <= 2:
         return False
-    folder = REPO.joinpath(*parts[:-1])
-    return folder.is_dir() and any(entry.name != SETTINGS_FILE for entry in folder.iterdir())
+    folder = "/".join(parts[:-1]) + "/"
+    files = tracked_files() if tracked is None else tracked
+    return any(f.startswith(folder) and f != folder + SETTINGS_FILE for f in files)
 
 
 def repository_paths(text: str) -> set[str]:
@@ -176,6 +185,7 @@ def repository_paths(text: str) -> set[str]:
     paths = set()
     for item in candidates:
         item = item.strip().rstrip(".,:)")
+        item = re.sub(r"(\.(?:json|ya?ml|csv)):[\w.-]+$", r"\1", item)  # DVC's `file:key` metric selector
         if " " in item or "://" in item or item.startswith(("-", "$", "~", "/", "../", "<", ".*")):
             continue
         if re.search(r"[<>{}*$|\\\[\]'\"=]|\.\.\.", item):
@@ -201,6 +211,18 @@ def tracked_names() -> set[str]:
         if not skip.intersection(path.relative_to(REPO).parts):
             names.add(path.name)
     return names
+
+
+def test_only_committed_results_make_a_named_path_required() -> None:
+    """A run folder counts by what git tracks in it, not by what the demo or a run left on disk; and a DVC metric
+    selector (`metrics.json:test_error`) names its file."""
+    tracked = frozenset({"results/digits/resnet8/seed0/settings.json", "results/cifar10_short/tables/runs.md"})
+    assert not committed_folder("results/digits/resnet8/seed0/metrics.json", tracked)
+    assert committed_folder("results/cifar10_short/tables/verdict.md", tracked)
+    assert not committed_folder("results/cifar10_long/tables/verdict.md", tracked)
+    assert repository_paths("`results/cifar10_short/tables/results.csv:error_mean`") == {
+        "results/cifar10_short/tables/results.csv"
+    }
 
 
 @pytest.mark.parametrize("page", PAGES, ids=page_id)
