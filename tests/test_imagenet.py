@@ -18,7 +18,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import BIN, cli_env, kill_at_teardown, run_cli, run_in_own_group
+from conftest import (
+    BIN,
+    _group_members,
+    cli_command,
+    cli_env,
+    kill_at_teardown,
+    process_group_alive,
+    run_cli,
+    run_in_own_group,
+)
 
 from resnet_repro.errors import ConfigError, DataError
 
@@ -506,6 +515,45 @@ def test_killed_ddp_run_resumes_to_the_same_curve(tiny_index: Path, ddp_runs: di
     for a, b in zip(reference, history(out), strict=True):
         for key in ("iteration", "lr", "train_loss", "train_error", "test_loss", "test_error"):
             assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), (key, a, b)
+
+
+def forkserver_children(pgid: int) -> list[int]:
+    """Live processes in group pgid whose parent is multiprocessing's forkserver: the loader workers."""
+    parent_of, servers = {}, set()
+    for pid in _group_members(pgid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                parent_of[pid] = int(f.read().rsplit(")", 1)[1].split()[1])
+            if b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                servers.add(pid)
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return [pid for pid, parent in parent_of.items() if parent in servers]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="reads processes from /proc")
+def test_loader_workers_and_their_server_end_with_a_trainer_killed_outright(tiny_index: Path, tmp_path: Path) -> None:
+    """SIGKILL (the OOM killer, torchrun ending a rank) gives the trainer no chance to shut its workers down. They
+    and the forkserver they came from ignore stop signals, so nothing but the trainer's end may end them: they must
+    not outlive it (seen in CI: a rank ended by torchrun left its worker and the server running, deaf to SIGTERM)."""
+    out = tmp_path / "run"
+    command = [*cli_command(), *train_args(tiny_index, out, iterations=100_000, milestones=[90_000], eval_every=50_000)]
+    process = kill_at_teardown(
+        subprocess.Popen(command, env=cli_env(), stderr=subprocess.PIPE, text=True, start_new_session=True)
+    )
+    deadline = time.monotonic() + 120
+    while not forkserver_children(process.pid) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    workers = forkserver_children(process.pid)
+    assert workers and process.poll() is None, process.stderr.read()[-3000:] if process.poll() is not None else ""
+    time.sleep(2)  # workers fetching batches, the trainer training
+    process.kill()  # the trainer only, not its group
+    process.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while process_group_alive(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not process_group_alive(process.pid), f"outlived the trainer: {_group_members(process.pid)}"
 
 
 # --------------------------------------------------------------------------------------------- pipeline

@@ -36,6 +36,7 @@ resumed run regenerates exactly what the interrupted one would have used.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -392,14 +393,54 @@ class TestImages:
 WORKER_DEAF_TO = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
-def worker_init(_worker_id: int) -> None:
+def worker_init(_worker_id: int, trainer: int | None = None) -> None:
     """DataLoader workers: one thread each (there are many of them), and deaf to stop signals, which are meant for
-    the training process (it checkpoints and then shuts the workers down itself)."""
+    the training process (it checkpoints and then shuts the workers down itself). A worker started from the
+    forkserver also ends when process `trainer` does (see `exit_with`)."""
     import torch
 
     torch.set_num_threads(1)
     for sig in WORKER_DEAF_TO:
         signal.signal(sig, signal.SIG_IGN)
+    if trainer is not None:
+        exit_with(trainer)
+
+
+def exit_with(pid: int) -> None:
+    """End this process as soon as process `pid` ends, however it ends. Needed by loader workers forked by the
+    forkserver: torch's worker watchdog watches the parent, which is the server, not the trainer, and the server
+    lives as long as any of its children does, so a trainer killed outright (SIGKILL, the OOM killer, torchrun
+    ending a rank) would leave its workers and the server running forever, deaf to SIGTERM."""
+    import select
+    import threading
+    import time
+
+    try:
+        handle = os.pidfd_open(pid)  # readable once the process has ended; immune to pid reuse
+    except ProcessLookupError:
+        os._exit(0)
+    except (AttributeError, OSError):  # no pidfd here (not Linux, or a kernel before 5.3): poll instead
+        handle = None
+
+    def wait_then_exit() -> None:
+        if handle is not None:
+            select.select([handle], [], [])
+        else:
+            while _alive(pid):
+                time.sleep(1.0)
+        os._exit(0)  # nothing to save: a worker holds only batches the trainer can no longer take
+
+    threading.Thread(target=wait_then_exit, name=f"exit-with-{pid}", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class EpochSampler:
@@ -429,7 +470,8 @@ def start_worker_server() -> None:
     signals. torchrun stops its workers by signalling their whole process group: a forkserver that died of that
     SIGTERM would take its children, the loader workers, with it (they exit when their parent goes) before the
     trainer could checkpoint. An ignored signal stays ignored across exec and fork, so the server and every worker
-    it forks ignore them from their first instruction; the server still exits when the trainer does."""
+    it forks ignore them from their first instruction. The workers end with the trainer (`exit_with`), and the
+    server once they and the trainer have."""
     import multiprocessing
     import multiprocessing.forkserver
 
@@ -454,7 +496,7 @@ def loader_options(workers: int, pin_memory: bool) -> dict[str, Any]:
     return {
         "num_workers": workers,
         "pin_memory": pin_memory,
-        "worker_init_fn": worker_init,
+        "worker_init_fn": functools.partial(worker_init, trainer=os.getpid()),
         "prefetch_factor": 4,
         "persistent_workers": True,
         "multiprocessing_context": "forkserver",
