@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "src") not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO / "src"))
 
-from _stopping import Stopped, ignore_stop_signals, stop_on_sigterm  # noqa: E402
+from _stopping import Stopped, ignore_stop_signals, stop_deferred, stop_on_sigterm  # noqa: E402
 
 from resnet_repro.catalog import CATALOG  # noqa: E402
 from resnet_repro.models import build_model  # noqa: E402
@@ -34,7 +34,7 @@ from resnet_repro.settings import TrainSettings, resolve_settings  # noqa: E402
 from resnet_repro.train import StepRunner, build_training  # noqa: E402
 
 # re-exported for the benchmarks
-__all__ = ["Stopped", "TrainSettings", "build_model", "choose_runtime", "ignore_stop_signals"]
+__all__ = ["Stopped", "TrainSettings", "build_model", "choose_runtime", "ignore_stop_signals", "stop_deferred"]
 
 CIFAR_TRAIN_IMAGES = 50_000
 

@@ -59,6 +59,7 @@ from _common import (
     set_threads,
     setup,
     short_runtime,
+    stop_deferred,
     summarize,
     timed,
     write_json,
@@ -121,13 +122,14 @@ class ClassicLoader:
         self._iterator: Iterator | None = None
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._iterator is None:
-            self._iterator = iter(self.loader)
-        try:
-            x, y = next(self._iterator)
-        except StopIteration:
-            self._iterator = iter(self.loader)
-            x, y = next(self._iterator)
+        with stop_deferred():  # a batch is received whole (see stop_deferred)
+            if self._iterator is None:
+                self._iterator = iter(self.loader)
+            try:
+                x, y = next(self._iterator)
+            except StopIteration:
+                self._iterator = iter(self.loader)
+                x, y = next(self._iterator)
         return x.to(self.device, non_blocking=self.non_blocking), y.to(self.device, non_blocking=self.non_blocking)
 
 

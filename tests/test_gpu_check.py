@@ -159,6 +159,30 @@ def test_sigterm_to_bench_train_with_dataloader_workers_writes_its_json(tmp_path
     assert result["environment"]["device"] == "cpu" and result["settings"]["classic_workers"] == 2
 
 
+def test_a_stop_inside_a_deferred_block_raises_when_the_block_ends() -> None:
+    # A SIGTERM while a DataLoader batch was on its way left a worker's fd server mid-handshake: its
+    # ConnectionResetError traceback landed in the benchmark's output (seen in CI). The fetch now ends first.
+    stopping = load_script("_stopping")
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        stopping.stop_on_sigterm()
+        reached_the_end_of_the_block = False
+        with pytest.raises(stopping.Stopped, match="SIGTERM"), stopping.stop_deferred():
+            with stopping.stop_deferred():  # nested: only the outermost block raises
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # the handler runs at the next bytecode; this is well past it
+            reached_the_end_of_the_block = True
+        assert reached_the_end_of_the_block
+        with stopping.stop_deferred():  # once raised, the stop is spent
+            pass
+        stopping.stop_on_sigterm()
+        with pytest.raises(stopping.Stopped):  # and outside a block a stop still raises at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @pytest.mark.slow
 def test_sigterm_to_bench_packing_stops_its_runs_and_writes_its_json(digits_dir: Path, tmp_path: Path) -> None:
     saved, output = tmp_path / "packing.json", tmp_path / "packing.out"
