@@ -127,21 +127,26 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True, timeout: fl
 # a process group) of its own (`start_new_session=True`) and hands it to `kill_at_teardown`, or kills the group
 # itself in a `finally` with `kill_process_group`: SIGTERM to the whole group, a few seconds' grace, then SIGKILL.
 # (SLURM job processes are children of slurmstepd, not of the test: the SLURM tests `scancel` their jobs.)
-def _group_members(pgid: int) -> list[int]:
-    """The live (not zombie) processes in process group pgid."""
-    members = []
+def group_parents(pgid: int) -> dict[int, int]:
+    """The live (not zombie) processes in process group pgid, each with its parent's pid."""
+    members = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             with open(f"/proc/{entry.name}/stat") as f:
                 # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
-                state, _ppid, pgrp = f.read().rsplit(")", 1)[1].split()[:3]
+                state, ppid, pgrp = f.read().rsplit(")", 1)[1].split()[:3]
         except (OSError, IndexError, ValueError):
             continue  # gone meanwhile
         if int(pgrp) == pgid and state not in ("Z", "X"):
-            members.append(int(entry.name))
+            members[int(entry.name)] = int(ppid)
     return members
+
+
+def _group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes in process group pgid."""
+    return list(group_parents(pgid))
 
 
 def process_group_alive(pgid: int) -> bool:

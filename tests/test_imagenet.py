@@ -20,9 +20,9 @@ import pytest
 import yaml
 from conftest import (
     BIN,
-    _group_members,
     cli_command,
     cli_env,
+    group_parents,
     kill_at_teardown,
     process_group_alive,
     run_cli,
@@ -519,15 +519,15 @@ def test_killed_ddp_run_resumes_to_the_same_curve(tiny_index: Path, ddp_runs: di
 
 def forkserver_children(pgid: int) -> list[int]:
     """Live processes in group pgid whose parent is multiprocessing's forkserver: the loader workers."""
-    parent_of, servers = {}, set()
-    for pid in _group_members(pgid):
+
+    def is_forkserver(pid: int) -> bool:
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                parent_of[pid] = int(f.read().rsplit(")", 1)[1].split()[1])
-            if b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                servers.add(pid)
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
+            return b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False  # gone meanwhile
+
+    parent_of = group_parents(pgid)
+    servers = {pid for pid in parent_of if is_forkserver(pid)}
     return [pid for pid, parent in parent_of.items() if parent in servers]
 
 
@@ -553,7 +553,7 @@ def test_loader_workers_and_their_server_end_with_a_trainer_killed_outright(tiny
     deadline = time.monotonic() + 20
     while process_group_alive(process.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not process_group_alive(process.pid), f"outlived the trainer: {_group_members(process.pid)}"
+    assert not process_group_alive(process.pid), f"outlived the trainer: {group_parents(process.pid)}"
 
 
 # --------------------------------------------------------------------------------------------- pipeline
